@@ -1,0 +1,1 @@
+"""gradbench: objectives, measurement, Hydra entry point, CLI and reports."""

@@ -1,0 +1,170 @@
+"""Measurement: (estimator, objective, sizes, seed) -> tidy DataFrame, one row per parameter.
+
+Pure: no Hydra, no files. ``benchmarks.run`` calls it and writes what it returns.
+The columns are the results contract of ../shared/SPEC.md (see ``RECORD_COLUMNS``).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+
+import pandas as pd
+import torch
+import torch.utils.benchmark as torch_benchmark
+from torch import Tensor
+
+from estimators import Estimator, NotApplicable, estimate_gradient, replicate_gradients
+
+RECORD_COLUMNS = [
+    "objective", "estimator", "task", "param", "n_samples", "replicates", "seed",
+    "true_grad", "mean_grad", "var_grad", "bias", "bias_se",
+    "time_per_estimate_s", "measure_time_s", "status",
+    # Beyond the contract.
+    "param_value", "true_value", "unbiased", "snr", "log10_var", "work_normalized_var",
+    "z_bias", "n_finite", "device", "dtype", "torch_version",
+]  # fmt: skip
+
+
+def synchronize(device: torch.device) -> None:
+    """Wait for queued kernels, so that wall-clock readings mean something on a GPU."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def time_call(fn: Callable[[], object], min_run_time: float) -> float:
+    """Median seconds per call of ``fn``, after warm-up, synchronising accelerators.
+
+    ``torch.utils.benchmark.Timer`` does the warm-up, the blocking into repeats and the
+    synchronisation; we keep the current thread count instead of its default of one.
+    """
+    timer = torch_benchmark.Timer(
+        stmt="fn()", globals={"fn": fn}, num_threads=torch.get_num_threads()
+    )
+    return float(timer.blocked_autorange(min_run_time=min_run_time).median)
+
+
+def replicate_gradients_chunked(
+    estimator: Estimator,
+    objective,
+    theta: Tensor,
+    n_samples: int,
+    replicates: int,
+    max_batch_samples: int,
+) -> Tensor:
+    """``replicate_gradients`` in chunks of at most ``max_batch_samples`` draws at a time.
+
+    Bounded memory for large replicates × n_samples; each chunk is still one batched pass.
+    """
+    per_chunk = max(1, max_batch_samples // n_samples)
+    sizes = [min(per_chunk, replicates - start) for start in range(0, replicates, per_chunk)]
+    chunks = [replicate_gradients(estimator, objective, theta, n_samples, r) for r in sizes]
+    return torch.cat(chunks)
+
+
+def measure_variance(
+    estimator: Estimator,
+    objective,
+    *,
+    estimator_name: str,
+    objective_name: str,
+    n_samples: int,
+    replicates: int,
+    seed: int,
+    warmup_steps: int = 10,
+    timing_min_run_time: float = 0.05,
+    max_batch_samples: int = 2**22,
+) -> pd.DataFrame:
+    """Bias, variance and cost of ``estimator`` on ``objective`` at its parameters.
+
+    Steps: seed torch; ``warmup_steps`` single estimates (they warm stateful baselines and
+    caches); ``replicates`` independent estimates from ``n_samples`` draws each, batched
+    (timed as ``measure_time_s``); then the time of one estimate on its own
+    (``time_per_estimate_s``). An estimator that does not apply gives rows with status
+    ``skipped: <reason>``; non-finite estimates give ``nonfinite: k of R replicates`` and
+    NaN statistics.
+
+    Returns:
+        One row per parameter coordinate, columns ``RECORD_COLUMNS``.
+    """
+    if n_samples < 1:
+        raise ValueError(f"n_samples must be at least 1, got {n_samples}")
+    if replicates < 2:
+        raise ValueError(f"replicates must be at least 2 to estimate a variance, got {replicates}")
+
+    theta = objective.theta
+    device = theta.device
+    true_grad = objective.true_grad().cpu()
+    true_value = float(objective.exact_value(theta))
+    d = theta.shape[-1]
+    nan = torch.full((d,), math.nan, dtype=torch.float64)
+    stats = {"mean": nan, "var": nan, "n_finite": 0, "measure": math.nan, "time": math.nan}
+
+    torch.manual_seed(seed)
+    estimator.reset()
+    try:
+        estimator.check(objective, theta, n_samples)
+    except NotApplicable as reason:
+        status = f"skipped: {reason}"
+    else:
+        for _ in range(warmup_steps):
+            estimate_gradient(estimator, objective, theta, n_samples)
+
+        synchronize(device)
+        start = time.perf_counter()
+        grads = replicate_gradients_chunked(
+            estimator, objective, theta, n_samples, replicates, max_batch_samples
+        )
+        synchronize(device)
+        stats["measure"] = time.perf_counter() - start
+
+        grads = grads.detach().to("cpu", torch.float64)  # [replicates, D]
+        finite = torch.isfinite(grads).all(-1)
+        stats["n_finite"] = int(finite.sum())
+        if stats["n_finite"] < replicates:
+            status = f"nonfinite: {replicates - stats['n_finite']} of {replicates} replicates"
+        else:
+            status = "ok"
+            stats["mean"], stats["var"] = grads.mean(0), grads.var(0, correction=1)
+
+        stats["time"] = time_call(
+            lambda: estimate_gradient(estimator, objective, theta, n_samples),
+            timing_min_run_time,
+        )
+
+    mean, var = stats["mean"], stats["var"]
+    bias = mean - true_grad.double()
+    bias_se = (var / replicates).sqrt()
+    rows = []
+    for k, name in enumerate(objective.param_names):
+        v = float(var[k])
+        rows.append({
+            "objective": objective_name,
+            "estimator": estimator_name,
+            "task": "variance",
+            "param": name,
+            "n_samples": n_samples,
+            "replicates": replicates,
+            "seed": seed,
+            "true_grad": float(true_grad[k]),
+            "mean_grad": float(mean[k]),
+            "var_grad": v,
+            "bias": float(bias[k]),
+            "bias_se": float(bias_se[k]),
+            "time_per_estimate_s": stats["time"],
+            "measure_time_s": stats["measure"],
+            "status": status,
+            "param_value": float(theta[k]),
+            "true_value": true_value,
+            "unbiased": estimator.unbiased,
+            "snr": abs(float(mean[k])) / math.sqrt(v) if v > 0 else math.nan,
+            "log10_var": math.log10(v) if v > 0 else math.nan,
+            "work_normalized_var": v * stats["time"],
+            "z_bias": float(bias[k] / bias_se[k]) if bias_se[k] > 0 else math.nan,
+            "n_finite": stats["n_finite"],
+            "device": str(device),
+            "dtype": str(theta.dtype).removeprefix("torch."),
+            "torch_version": torch.__version__,
+        })  # fmt: skip
+    return pd.DataFrame(rows, columns=RECORD_COLUMNS)

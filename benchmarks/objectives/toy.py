@@ -1,0 +1,181 @@
+"""Toy objectives L(θ) = E_{x ~ p_θ}[f(x)] whose value and gradient are known exactly.
+
+Each toy keeps its parameters as one vector ``theta`` [D] (names in ``param_names``)
+and implements the ``estimators.StochasticObjective`` contract. The exact objective is
+written in closed form in torch and the exact gradient is its autograd gradient; the tests
+check those gradients against the hand-derived formulas of Mohamed et al. (2020) and
+../shared/REFERENCE.md.
+
+Gradients are taken in the parameterisation named (σ itself, not log σ; the logit, not
+the probability).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor
+from torch.distributions import Bernoulli, Categorical, Distribution, Normal
+
+
+class ToyObjective:
+    """Shared machinery: a parameter vector, its names, and the exact gradient."""
+
+    name: str = ""
+    cost_is_differentiable: bool = True
+    param_names: list[str]
+
+    def __init__(self, values: Sequence[float], device: str | torch.device, dtype: torch.dtype):
+        self.theta = torch.tensor(list(values), device=device, dtype=dtype)  # [D]
+
+    def distribution(self, theta: Tensor) -> Distribution:
+        raise NotImplementedError
+
+    def cost(self, x: Tensor) -> Tensor:
+        raise NotImplementedError
+
+    def exact_value(self, theta: Tensor) -> Tensor:
+        """L(θ) in closed form, for ``theta`` [*batch, D] -> [*batch]."""
+        raise NotImplementedError
+
+    def true_grad(self) -> Tensor:
+        """∇θ L at ``self.theta``, exact, [D]."""
+        theta = self.theta.detach().clone().requires_grad_(True)
+        (grad,) = torch.autograd.grad(self.exact_value(theta), theta)
+        return grad
+
+    def to(self, device: str | torch.device) -> ToyObjective:
+        self.theta = self.theta.to(device)
+        return self
+
+
+def _number(name: str, value) -> float:
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"objective.{name} must be a number, got {value!r}") from None
+
+
+def _numbers(name: str, values) -> list[float]:
+    if isinstance(values, str) or not hasattr(values, "__len__"):
+        raise ValueError(f"objective.{name} must be a list of numbers, got {values!r}")
+    return [_number(name, v) for v in values]
+
+
+def _positive(name: str, value) -> float:
+    value = _number(name, value)
+    if not value > 0:
+        raise ValueError(f"objective.{name} must be > 0, got {value}")
+    return value
+
+
+class GaussianQuadratic(ToyObjective):
+    """x ~ N(mu, sigma²), f(x) = (x − target)², L = (mu − target)² + sigma².
+
+    The running example of Mohamed et al. (2020), Fig. 2.
+    """
+
+    name = "gaussian_quadratic"
+    param_names = ["mu", "sigma"]
+
+    def __init__(self, mu=1.0, sigma=1.0, target=0.0, device="cpu", dtype=torch.float32):
+        super().__init__([_number("mu", mu), _positive("sigma", sigma)], device, dtype)
+        self.target = _number("target", target)
+
+    def distribution(self, theta):
+        return Normal(theta[..., 0], theta[..., 1])
+
+    def cost(self, x):
+        return (x - self.target) ** 2
+
+    def exact_value(self, theta):
+        return (theta[..., 0] - self.target) ** 2 + theta[..., 1] ** 2
+
+
+class GaussianCosine(ToyObjective):
+    """x ~ N(mu, sigma²), f(x) = cos(omega·x), L = cos(omega·mu)·exp(−omega²·sigma²/2)."""
+
+    name = "gaussian_cosine"
+    param_names = ["mu", "sigma"]
+
+    def __init__(self, mu=1.0, sigma=1.0, omega=1.0, device="cpu", dtype=torch.float32):
+        super().__init__([_number("mu", mu), _positive("sigma", sigma)], device, dtype)
+        self.omega = _number("omega", omega)
+
+    def distribution(self, theta):
+        return Normal(theta[..., 0], theta[..., 1])
+
+    def cost(self, x):
+        return torch.cos(self.omega * x)
+
+    def exact_value(self, theta):
+        mu, sigma = theta[..., 0], theta[..., 1]
+        return torch.cos(self.omega * mu) * torch.exp(-0.5 * self.omega**2 * sigma**2)
+
+
+class BernoulliThreshold(ToyObjective):
+    """b ~ Bernoulli(sigmoid(logit)), f(b) = (b − target)², L = p(1−t)² + (1−p)t².
+
+    The toy of REBAR (Tucker et al. 2017, t = 0.45) and RELAX (Grathwohl et al. 2018,
+    t = 0.499): the gradient is tiny next to the noise.
+    """
+
+    name = "bernoulli_threshold"
+    param_names = ["logit"]
+    cost_is_differentiable = False
+
+    def __init__(self, logit=0.0, target=0.45, device="cpu", dtype=torch.float32):
+        super().__init__([_number("logit", logit)], device, dtype)
+        self.target = _number("target", target)
+
+    def distribution(self, theta):
+        return Bernoulli(logits=theta[..., 0])
+
+    def cost(self, x):
+        return (x - self.target) ** 2
+
+    def exact_value(self, theta):
+        p = torch.sigmoid(theta[..., 0])
+        return p * (1 - self.target) ** 2 + (1 - p) * self.target**2
+
+
+class CategoricalLinear(ToyObjective):
+    """z ~ Categorical(softmax(logits)), f(z) = rewards[z], L = Σ_k softmax(logits)_k rewards_k."""
+
+    name = "categorical_linear"
+    cost_is_differentiable = False
+
+    def __init__(
+        self, logits=(0.0, 0.0, 0.0), rewards=(1.0, 0.0, -1.0), device="cpu", dtype=torch.float32
+    ):
+        logits, rewards = _numbers("logits", logits), _numbers("rewards", rewards)
+        if len(logits) < 2:
+            raise ValueError(f"objective.logits needs at least 2 entries, got {len(logits)}")
+        if len(rewards) != len(logits):
+            raise ValueError(
+                f"objective.logits has {len(logits)} entries but objective.rewards has "
+                f"{len(rewards)}; they must match"
+            )
+        super().__init__(logits, device, dtype)
+        self.rewards = torch.tensor(rewards, device=device, dtype=dtype)
+        self.param_names = [f"logits[{k}]" for k in range(len(logits))]
+
+    def to(self, device):
+        self.rewards = self.rewards.to(device)
+        return super().to(device)
+
+    def distribution(self, theta):
+        return Categorical(logits=theta)
+
+    def cost(self, x):
+        return self.rewards[x]
+
+    def exact_value(self, theta):
+        return (torch.softmax(theta, -1) * self.rewards).sum(-1)
+
+
+TOYS = {
+    cls.name: cls
+    for cls in (GaussianQuadratic, GaussianCosine, BernoulliThreshold, CategoricalLinear)
+}

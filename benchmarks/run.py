@@ -1,0 +1,81 @@
+"""The Hydra entry point: compose, build, measure, write. Everything else lives elsewhere."""
+
+from __future__ import annotations
+
+import sys
+import traceback
+from pathlib import Path
+
+import hydra
+import pandas as pd
+import torch
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig
+
+from benchmarks.config import ConfigError, build, resolve_device
+from benchmarks.measure import measure_variance
+from benchmarks.records import RECORDS, format_table, write_parquet_atomic
+
+
+def config_path() -> str:
+    """The conf/ folder of a source checkout or editable install, else the installed copy."""
+    source = Path(__file__).resolve().parent.parent / "conf"
+    return str(source) if (source / "config.yaml").is_file() else "pkg://benchmarks.conf"
+
+
+def run_cell(cfg: DictConfig, estimator_name: str, objective_name: str) -> pd.DataFrame:
+    """Measure one cell of a sweep as configured. Raises ``ConfigError`` for bad settings."""
+    if cfg.threads is not None:
+        torch.set_num_threads(cfg.threads)
+    device = resolve_device(cfg.device)
+    estimator, objective = build(cfg, device)
+    if cfg.task.name != "variance":
+        raise ConfigError(f"task must be one of: variance; got {cfg.task.name!r}")
+    return measure_variance(
+        estimator,
+        objective,
+        estimator_name=estimator_name,
+        objective_name=objective_name,
+        n_samples=cfg.n_samples,
+        replicates=cfg.replicates,
+        seed=cfg.seed,
+        warmup_steps=cfg.task.warmup_steps,
+        timing_min_run_time=cfg.task.timing_min_run_time,
+        max_batch_samples=cfg.task.max_batch_samples,
+    )
+
+
+def failed_records(cfg: DictConfig, estimator_name: str, objective_name: str, reason: str):
+    """One row saying a cell failed, so a sweep's records show every cell it tried."""
+    return pd.DataFrame([{
+        "objective": objective_name, "estimator": estimator_name, "task": cfg.task.name,
+        "param": "all", "n_samples": cfg.n_samples, "replicates": cfg.replicates,
+        "seed": cfg.seed, "status": f"failed: {reason}",
+    }])  # fmt: skip
+
+
+@hydra.main(version_base="1.3", config_path=config_path(), config_name="config")
+def main(cfg: DictConfig) -> None:
+    hydra_cfg = HydraConfig.get()
+    out = Path(hydra_cfg.runtime.output_dir)
+    choices = hydra_cfg.runtime.choices
+    estimator_name, objective_name = choices["estimator"], choices["objective"]
+    try:
+        records = run_cell(cfg, estimator_name, objective_name)
+    except ConfigError:
+        raise
+    except Exception as exc:  # a sweep goes on past a cell that crashes
+        reason = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+        (out / "error.log").write_text(traceback.format_exc())
+        records = failed_records(cfg, estimator_name, objective_name, reason)
+        print(
+            f"gradbench: cell failed ({reason}); traceback in {out / 'error.log'}", file=sys.stderr
+        )
+    write_parquet_atomic(records, out / RECORDS)
+    if hydra_cfg.mode is None or hydra_cfg.mode.name == "RUN":
+        print(format_table(records))
+        print(f"records: {out / RECORDS}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,119 @@
+"""The one contract every gradient estimator in this package follows.
+
+The problem. A stochastic objective is L(θ) = E_{x ~ p_θ}[f(x)]. An estimator sees it as
+any object with
+
+    distribution(theta) -> torch.distributions.Distribution
+        p_θ, with batch shape ``theta.shape[:-1]``: the last dimension of ``theta`` holds
+        the D parameter coordinates, leading dimensions are independent copies.
+    cost(x) -> Tensor
+        f, applied elementwise over sample and batch dimensions: [N, *batch, *event] ->
+        [N, *batch].
+    cost_is_differentiable: bool
+        whether f may be differentiated with respect to x (pathwise estimators need it).
+
+``theta`` is whatever the distribution is built from. For a toy it is the parameter
+vector itself; for a model it is an encoder's output, and gradients flow on to the
+encoder's weights by the chain rule.
+
+The estimator. ``Estimator.surrogate(objective, theta, n_samples)`` draws its own samples
+with ``torch.distributions`` (``sample``/``rsample``, so seeding torch makes a draw
+repeatable) and returns a *surrogate* of shape [n_samples, *batch]. Its value means
+nothing; its gradient does: ``surrogate.mean(0)`` differentiated with respect to ``theta``
+is the gradient estimate built from those n_samples draws. Surrogates compose with the
+rest of a model's loss, and ``objective_with_estimator_gradient`` gives a loss whose value
+is the objective and whose gradient is the estimator's (Pyro's trick).
+
+Drawing inside the estimator, not in the caller, lets each family draw what it needs:
+plain samples, reparameterised samples, antithetic pairs, or extra independent samples to
+fit a baseline.
+
+Measuring. ``replicate_gradients`` turns a surrogate into ``replicates`` independent
+gradient estimates with one forward and one backward pass: ``theta`` is copied once per
+replicate along a new batch dimension, so each copy's gradient is that replicate's
+estimate. No Python loop over replicates.
+"""
+
+from __future__ import annotations
+
+import abc
+from typing import Protocol
+
+import torch
+from torch import Tensor
+from torch.distributions import Distribution
+
+
+class NotApplicable(ValueError):
+    """An estimator cannot be used on this objective or with these settings."""
+
+
+class StochasticObjective(Protocol):
+    """What an estimator needs to know about L(θ) = E_{x ~ p_θ}[f(x)]."""
+
+    cost_is_differentiable: bool
+
+    def distribution(self, theta: Tensor) -> Distribution: ...
+
+    def cost(self, x: Tensor) -> Tensor: ...
+
+
+class Estimator(abc.ABC):
+    """Base class: a recipe for a surrogate whose gradient estimates ∇θ E_{p_θ}[f].
+
+    Subclasses set ``unbiased`` and implement ``surrogate``; they override ``check`` to
+    refuse objectives or sample sizes they cannot handle, and ``reset`` if they carry
+    state across calls.
+    """
+
+    unbiased: bool = True
+
+    def check(self, objective: StochasticObjective, theta: Tensor, n_samples: int) -> None:
+        """Raise ``NotApplicable`` with a one-sentence reason if this cannot be estimated."""
+        if n_samples < 1:
+            raise NotApplicable(f"n_samples must be at least 1, got {n_samples}")
+
+    @abc.abstractmethod
+    def surrogate(self, objective: StochasticObjective, theta: Tensor, n_samples: int) -> Tensor:
+        """Return the surrogate, [n_samples, *batch] for ``theta`` of shape [*batch, D]."""
+
+    def reset(self) -> None:  # noqa: B027 - most estimators are stateless
+        """Forget state carried across calls (moving averages, learned baselines)."""
+
+
+def estimate_gradient(
+    estimator: Estimator, objective: StochasticObjective, theta: Tensor, n_samples: int
+) -> Tensor:
+    """One gradient estimate from ``n_samples`` draws, shaped like ``theta``."""
+    theta = theta.detach().requires_grad_(True)
+    surrogate = estimator.surrogate(objective, theta, n_samples)
+    (grad,) = torch.autograd.grad(surrogate.mean(0).sum(), theta)
+    return grad
+
+
+def replicate_gradients(
+    estimator: Estimator,
+    objective: StochasticObjective,
+    theta: Tensor,
+    n_samples: int,
+    replicates: int,
+) -> Tensor:
+    """``replicates`` independent estimates of ∇θ L at ``theta`` [D], as [replicates, D].
+
+    The replicate copies of ``theta`` are separate leaves of one graph, and replicate r's
+    surrogate depends on copy r only, so the gradient of the summed surrogates with
+    respect to the copies stacks the r estimates: one batched backward pass.
+    """
+    copies = theta.detach().expand(replicates, *theta.shape).clone().requires_grad_(True)
+    surrogate = estimator.surrogate(objective, copies, n_samples)  # [n_samples, replicates]
+    (grads,) = torch.autograd.grad(surrogate.mean(0).sum(), copies)
+    return grads
+
+
+def objective_with_estimator_gradient(value: Tensor, surrogate: Tensor) -> Tensor:
+    """A tensor equal to ``value`` whose gradient is the surrogate's (Pyro's trick).
+
+    Use it to train with an estimator while logging the objective itself.
+    """
+    surrogate = surrogate.mean(0)
+    return value.detach() + (surrogate - surrogate.detach())

@@ -1,0 +1,119 @@
+"""Control variates for the score-function estimator.
+
+A baseline b is subtracted from the cost: (f(x) − b) ∇θ log p_θ(x). Since
+E[∇θ log p_θ(x)] = 0, the estimate stays unbiased as long as b does not depend on the
+sample x it multiplies. Each class here documents why that holds for it.
+
+Every baseline is called as ``baseline(objective, theta, x, f)`` with the samples
+x [N, *batch, *event] and their costs f [N, *batch], and returns either a scalar baseline
+broadcastable to f, or, when ``per_coordinate`` is true, one baseline per coordinate of
+theta, [*batch, D].
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from estimators.base import NotApplicable, StochasticObjective
+
+
+class Baseline:
+    """Base class. ``per_coordinate`` baselines give one constant per coordinate of θ."""
+
+    per_coordinate: bool = False
+
+    def check(self, n_samples: int) -> None:
+        """Raise ``NotApplicable`` if this baseline cannot work with ``n_samples``."""
+
+    def reset(self) -> None:
+        """Forget state carried across calls."""
+
+    def __call__(
+        self, objective: StochasticObjective, theta: Tensor, x: Tensor, f: Tensor
+    ) -> Tensor:
+        raise NotImplementedError
+
+
+class LeaveOneOut(Baseline):
+    """b_i = mean_{j≠i} f(x_j): each sample is baselined by the others (RLOO).
+
+    Unbiased because b_i is independent of x_i. Requires n_samples ≥ 2.
+    Kool, van Hoof & Welling (2019), "Buy 4 REINFORCE samples, get a baseline for free!".
+    """
+
+    def check(self, n_samples: int) -> None:
+        if n_samples < 2:
+            raise NotApplicable(f"leave-one-out baseline needs n_samples >= 2, got {n_samples}")
+
+    def __call__(self, objective, theta, x, f):
+        n = f.shape[0]
+        return (f.sum(0, keepdim=True) - f) / (n - 1)  # [N, *batch]
+
+
+class MovingAverage(Baseline):
+    """b_t = exponential moving average of the mean cost of earlier calls.
+
+    Unbiased because b_t is fixed before the current samples are drawn. The first call
+    has no history and uses b = 0; its mean cost then initialises the average (no decay
+    from zero), so a few warm-up calls give a useful baseline.
+    Williams (1992); the "moving average baseline" of Mnih & Gregor (2014).
+
+    Args:
+        decay: weight of the old average, in [0, 1).
+    """
+
+    def __init__(self, decay: float = 0.9):
+        if not 0.0 <= decay < 1.0:
+            raise ValueError(f"decay must be in [0, 1), got {decay}")
+        self.decay = decay
+        self.value: Tensor | None = None
+
+    def reset(self) -> None:
+        self.value = None
+
+    def __call__(self, objective, theta, x, f):
+        b = torch.zeros((), dtype=f.dtype, device=f.device) if self.value is None else self.value
+        mean = f.detach().mean()
+        if self.value is None:
+            self.value = mean
+        else:
+            self.value = self.decay * self.value + (1.0 - self.decay) * mean
+        return b
+
+
+class OptimalConstant(Baseline):
+    """b_k = E[f s_k²] / E[s_k²] with s = ∇θ log p_θ(x): per coordinate, the constant that
+    minimises the variance of (f − b_k) s_k.
+
+    Both expectations are estimated from ``n_extra`` fresh samples drawn for the purpose
+    (default: as many as the estimate uses), independent of the samples the baseline is
+    applied to, so the estimate stays unbiased. Those extra draws are part of the cost.
+    Greensmith, Bartlett & Baxter (2004); Mohamed et al. (2020), section 7.4.
+
+    Args:
+        n_extra: number of independent samples used to fit b, or None for n_samples.
+    """
+
+    per_coordinate = True
+
+    def __init__(self, n_extra: int | None = None):
+        if n_extra is not None and n_extra < 1:
+            raise ValueError(f"n_extra must be at least 1, got {n_extra}")
+        self.n_extra = n_extra
+
+    def __call__(self, objective, theta, x, f):
+        m = self.n_extra or f.shape[0]
+        theta = theta.detach()
+        with torch.enable_grad():
+            # One leaf copy of theta per extra sample, so one backward pass yields every
+            # sample's own score vector.
+            copies = theta.expand(m, *theta.shape).clone().requires_grad_(True)
+            x_extra = objective.distribution(theta).sample((m,))  # [M, *batch, *event]
+            log_p = objective.distribution(copies).log_prob(x_extra)  # [M, *batch]
+            (score,) = torch.autograd.grad(log_p.sum(), copies)  # [M, *batch, D]
+        f_extra = objective.cost(x_extra).detach().unsqueeze(-1)  # [M, *batch, 1]
+        score_sq = score.square()
+        denominator = score_sq.sum(0)
+        # A coordinate whose score is zero on every extra sample gets b = 0.
+        return (f_extra * score_sq).sum(0) / denominator.clamp_min(torch.finfo(f.dtype).tiny)

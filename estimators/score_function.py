@@ -1,0 +1,55 @@
+"""The score-function estimator (REINFORCE, likelihood ratio), with optional baselines."""
+
+from __future__ import annotations
+
+from torch import Tensor
+
+from estimators.base import Estimator, StochasticObjective
+from estimators.baselines import Baseline
+
+
+class Reinforce(Estimator):
+    """∇θ E_{p_θ}[f(x)] ≈ (1/N) Σ_i (f(x_i) − b_i) ∇θ log p_θ(x_i),  x_i ~ p_θ.
+
+    Requires: log p_θ(x) differentiable in θ. f need not be differentiable, nor x
+    continuous. Unbiased for any baseline independent of the sample it multiplies.
+
+    Shapes: theta [*batch, D] -> surrogate [N, *batch].
+    Williams (1992), "Simple statistical gradient-following algorithms for connectionist
+    reinforcement learning"; Glynn (1990).
+
+    Args:
+        baseline: a ``Baseline`` from ``estimators.baselines``, or None for plain REINFORCE.
+    """
+
+    def __init__(self, baseline: Baseline | None = None):
+        if baseline is not None and not isinstance(baseline, Baseline):
+            raise TypeError(f"baseline must be a Baseline or None, got {type(baseline).__name__}")
+        self.baseline = baseline
+
+    def check(self, objective, theta, n_samples):
+        super().check(objective, theta, n_samples)
+        if self.baseline is not None:
+            self.baseline.check(n_samples)
+
+    def reset(self):
+        if self.baseline is not None:
+            self.baseline.reset()
+
+    def surrogate(self, objective: StochasticObjective, theta: Tensor, n_samples: int) -> Tensor:
+        dist = objective.distribution(theta)
+        x = dist.sample((n_samples,))  # [N, *batch, *event]
+        f = objective.cost(x)  # [N, *batch]
+        log_p = dist.log_prob(x)  # [N, *batch]
+        # f itself stays in the surrogate so that parameters of f (a decoder) get their
+        # pathwise gradient; x is a plain sample, so no gradient reaches θ through f.
+        if self.baseline is None:
+            return f + f.detach() * log_p
+        b = self.baseline(objective, theta, x, f).detach()
+        if not self.baseline.per_coordinate:
+            return f + (f.detach() - b) * log_p
+        # b [*batch, D] holds one constant per coordinate. Evaluating log p at
+        # θ̄ + (θ − θ̄)·b (θ̄ = θ detached) has gradient b_k ∂_k log p_θ(x) in
+        # coordinate k, which is exactly the baseline term to subtract.
+        scaled = theta.detach() + (theta - theta.detach()) * b
+        return f + f.detach() * log_p - objective.distribution(scaled).log_prob(x)
