@@ -227,6 +227,12 @@ def cmd_list(args: Sequence[str]) -> int:
     return 0
 
 
+def cmd_report(args: Sequence[str]) -> int:
+    from benchmarks import report
+
+    return report.main(args)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = argparse.ArgumentParser(
@@ -238,12 +244,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         "run", help="run one cell or a sweep: gradbench run [-m] [key=value ...]", add_help=False
     )
     sub.add_parser("list", help="estimators, objectives and which pairs apply")
-    if argv and argv[0] == "run":
-        command, rest = "run", argv[1:]
+    sub.add_parser(
+        "report",
+        help="tables and figures from a folder of runs: gradbench report DIR",
+        add_help=False,
+    )
+    if argv and argv[0] in ("run", "report"):
+        command, rest = argv[0], argv[1:]
     else:
         command, rest = parser.parse_args(argv).command, []
     try:
-        code = {"run": cmd_run, "list": cmd_list}[command](rest)
+        code = {"run": cmd_run, "list": cmd_list, "report": cmd_report}[command](rest)
     except UsageError as exc:
         print(f"gradbench: error: {exc}", file=sys.stderr)
         return 2
