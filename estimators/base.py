@@ -12,15 +12,22 @@ any object with
     cost_is_differentiable: bool
         whether f may be differentiated with respect to x (pathwise estimators need it).
 
+    relaxed_cost(y) -> Tensor            (optional; relaxation-based estimators need it)
+        f extended to continuous relaxations of discrete samples: y in [0, 1] with the
+        shape of x for Bernoulli variables; probability vectors [..., K] for categorical
+        ones (f of a one-hot vector must equal f of its index).
+
 ``theta`` is whatever the distribution is built from. For a toy it is the parameter
 vector itself; for a model it is an encoder's output, and gradients flow on to the
 encoder's weights by the chain rule.
 
 The estimator. ``Estimator.surrogate(objective, theta, n_samples)`` draws its own samples
 with ``torch.distributions`` (``sample``/``rsample``, so seeding torch makes a draw
-repeatable) and returns a *surrogate* of shape [n_samples, *batch]. Its value means
-nothing; its gradient does: ``surrogate.mean(0)`` differentiated with respect to ``theta``
-is the gradient estimate built from those n_samples draws. Surrogates compose with the
+repeatable) and returns a *surrogate* of shape [m, *batch]: m independent terms, one per
+sample (or one per antithetic pair: an estimator that spends n_samples evaluations of f
+on pairs returns n_samples / 2 terms). Its value means nothing; its gradient does:
+``surrogate.mean(0)`` differentiated with respect to ``theta`` is the gradient estimate
+built from n_samples evaluations of f. Surrogates compose with the
 rest of a model's loss, and ``objective_with_estimator_gradient`` gives a loss whose value
 is the objective and whose gradient is the estimator's (Pyro's trick).
 
