@@ -1,5 +1,6 @@
 """Monte Carlo gradient estimators in pure torch. The contract is in ``estimators.base``."""
 
+from estimators.antithetic import ARM, DisARM
 from estimators.base import (
     Estimator,
     NotApplicable,
@@ -9,19 +10,26 @@ from estimators.base import (
     replicate_gradients,
 )
 from estimators.baselines import Baseline, LeaveOneOut, MovingAverage, OptimalConstant
+from estimators.measure_valued import MeasureValued
 from estimators.pathwise import Reparameterization
+from estimators.relaxed import GumbelSoftmax, StraightThrough
 from estimators.score_function import Reinforce
 
 __all__ = [
+    "ARM",
     "Baseline",
+    "DisARM",
     "Estimator",
+    "GumbelSoftmax",
     "LeaveOneOut",
+    "MeasureValued",
     "MovingAverage",
     "NotApplicable",
     "OptimalConstant",
     "Reinforce",
     "Reparameterization",
     "StochasticObjective",
+    "StraightThrough",
     "estimate_gradient",
     "objective_with_estimator_gradient",
     "replicate_gradients",

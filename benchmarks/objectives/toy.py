@@ -135,6 +135,10 @@ class BernoulliThreshold(ToyObjective):
     def cost(self, x):
         return (x - self.target) ** 2
 
+    def relaxed_cost(self, y):
+        """f on relaxed bits y in [0, 1] (for the relaxation estimators)."""
+        return (y - self.target) ** 2
+
     def exact_value(self, theta):
         p = torch.sigmoid(theta[..., 0])
         return p * (1 - self.target) ** 2 + (1 - p) * self.target**2
@@ -170,6 +174,10 @@ class CategoricalLinear(ToyObjective):
 
     def cost(self, x):
         return self.rewards[x]
+
+    def relaxed_cost(self, y):
+        """f on probability vectors y [..., K]: y @ rewards, rewards[z] at one_hot(z)."""
+        return y @ self.rewards
 
     def exact_value(self, theta):
         return (torch.softmax(theta, -1) * self.rewards).sum(-1)
