@@ -1,0 +1,122 @@
+"""The command line: a run, a sweep into a temporary folder, `list`, and bad input."""
+
+import pandas as pd
+import pytest
+
+from benchmarks.cli import main
+from benchmarks.measure import RECORD_COLUMNS
+
+SPEC_COLUMNS = [
+    "objective", "estimator", "task", "param", "n_samples", "replicates", "seed",
+    "true_grad", "mean_grad", "var_grad", "bias", "bias_se", "time_per_estimate_s",
+    "measure_time_s", "status",
+]  # fmt: skip
+
+
+def run(tmp_path, *overrides):
+    code = main(["run", *overrides, f"hydra.run.dir={tmp_path}"])
+    return code, pd.read_parquet(tmp_path / "records.parquet")
+
+
+def test_run_writes_the_contract_columns_and_prints_a_table(tmp_path, capsys):
+    code, records = run(
+        tmp_path, "objective=gaussian_quadratic", "estimator=reinforce", "n_samples=10",
+        "replicates=2000", "task.timing_min_run_time=0.001",
+    )  # fmt: skip
+    assert code == 0
+    assert list(records.columns[: len(RECORD_COLUMNS)]) == RECORD_COLUMNS
+    assert set(SPEC_COLUMNS) <= set(RECORD_COLUMNS)
+    assert records["param"].tolist() == ["mu", "sigma"]
+    assert (records["status"] == "ok").all()
+    assert records["true_grad"].tolist() == [2.0, 2.0]
+    assert (records["time_per_estimate_s"] > 0).all() and (records["measure_time_s"] > 0).all()
+    # bias_se is the standard error of the mean of the replicates.
+    assert records["bias_se"].tolist() == pytest.approx((records["var_grad"] / 2000) ** 0.5)
+    out = capsys.readouterr().out
+    assert "mean ± se" in out and "sigma" in out and "records:" in out
+    assert (tmp_path / ".hydra" / "config.yaml").is_file()
+    assert not list(tmp_path.glob("*.tmp"))
+
+
+def test_same_seed_gives_the_same_numbers(tmp_path):
+    overrides = ["estimator=reinforce_ema", "objective=categorical_linear", "n_samples=5",
+                 "replicates=500", "seed=7", "task.timing_min_run_time=0.001"]  # fmt: skip
+    _, first = run(tmp_path / "a", *overrides)
+    _, second = run(tmp_path / "b", *overrides)
+    _, other = run(tmp_path / "c", *overrides[:-2], "seed=8", "task.timing_min_run_time=0.001")
+    stats = ["mean_grad", "var_grad", "bias", "bias_se"]
+    pd.testing.assert_frame_equal(first[stats], second[stats])
+    assert not first["mean_grad"].equals(other["mean_grad"])
+
+
+def test_sweep_records_inapplicable_cells_as_skipped(tmp_path, capsys):
+    code = main([
+        "run", "-m", "objective=gaussian_quadratic,bernoulli_threshold",
+        "estimator=reinforce_loo,reparam", "n_samples=1,3", "replicates=200",
+        "task.timing_min_run_time=0.001", f"hydra.sweep.dir={tmp_path}",
+    ])  # fmt: skip
+    assert code == 0
+    records = pd.concat(pd.read_parquet(p) for p in tmp_path.glob("*/records.parquet"))
+    cells = records.drop_duplicates(["objective", "estimator", "n_samples"])
+    assert len(cells) == 8
+    keys = zip(cells.objective, cells.estimator, cells.n_samples, strict=True)
+    status = dict(zip(keys, cells.status, strict=True))
+    assert status["gaussian_quadratic", "reparam", 1] == "ok"
+    assert status["gaussian_quadratic", "reinforce_loo", 3] == "ok"
+    assert status["gaussian_quadratic", "reinforce_loo", 1].startswith("skipped: leave-one-out")
+    assert status["bernoulli_threshold", "reparam", 3].startswith("skipped: reparameterization")
+    out = capsys.readouterr().out
+    assert "8 cells: 4 ok, 4 skipped" in out
+
+
+def test_named_preset_runs_with_plus_or_without(tmp_path, capsys):
+    # A tiny preset from a user config dir, run both ways the README shows.
+    presets = tmp_path / "conf" / "sweep"
+    presets.mkdir(parents=True)
+    (presets / "tiny.yaml").write_text(
+        "# @package _global_\nreplicates: 50\ntask:\n  timing_min_run_time: 0.001\n"
+        "hydra:\n  mode: MULTIRUN\n  sweeper:\n    params:\n"
+        "      estimator: reinforce,reparam\n      n_samples: 2\n"
+    )
+    for i, choice in enumerate(["+sweep=tiny", "sweep=tiny"]):
+        out_dir = tmp_path / f"out{i}"
+        code = main(["run", choice, "--config-dir", str(tmp_path / "conf"),
+                     f"hydra.sweep.dir={out_dir}"])  # fmt: skip
+        assert code == 0
+        assert len(list(out_dir.glob("*/records.parquet"))) == 2
+    assert "2 cells: 2 ok" in capsys.readouterr().out
+
+
+def test_list_shows_estimators_objectives_and_compatibility(capsys):
+    assert main(["list"]) == 0
+    out = capsys.readouterr().out
+    assert "reinforce_optimal" in out and "categorical_linear" in out
+    lines = [line.strip() for line in out.splitlines()]
+    header = next(line for line in lines if line.startswith("objective ")).split()
+    row = next(line for line in lines if line.startswith("bernoulli_threshold")).split()
+    applies = dict(zip(header, row, strict=True))
+    assert applies["reinforce"] == applies["reinforce_loo"] == "yes"
+    assert applies["reparam"] == "-"  # a Bernoulli is not reparameterizable
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["estimator=nope"], "unknown estimator 'nope'; choose from: "),
+        (["-m", "objective=gaussian_quadratic,nope"], "unknown objective 'nope'"),
+        (["n_samples=0"], "n_samples must be at least 1, got 0"),
+        (["-m", "n_samples=5,0"], "n_samples must be at least 1, got 0"),
+        (["replicates=1"], "replicates must be at least 2"),
+        (["objective.sigma=-1"], "objective.sigma must be > 0"),
+        (["objective=categorical_linear", "objective.logits=[1,2]"], "objective.logits has 2"),
+        (["n_samples=ten"], "could not be converted to Integer"),
+        (["n_sample=3"], "unknown setting 'n_sample'"),
+    ],
+)
+def test_bad_input_is_one_line_and_exit_code_2(tmp_path, capsys, args, message):
+    code = main(["run", *args, f"hydra.run.dir={tmp_path}", f"hydra.sweep.dir={tmp_path}"])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert err.startswith("gradbench: error: ") and err.count("\n") == 1
+    assert message in err
+    assert not list(tmp_path.rglob("records.parquet"))
