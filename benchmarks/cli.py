@@ -25,7 +25,7 @@ from omegaconf.errors import OmegaConfBaseException
 
 from benchmarks.config import ConfigError, build
 
-GROUPS = ("estimator", "objective", "task", "sweep")
+GROUPS = ("estimator", "objective", "task", "data", "sweep")
 # Flags of Hydra's own command line that take a value.
 VALUE_FLAGS = {"--config-name", "-cn", "--config-dir", "-cd", "--config-path", "-cp",
                "--info", "-i", "--experimental-rerun"}  # fmt: skip

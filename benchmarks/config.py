@@ -41,6 +41,8 @@ class Settings:
     objective: Any = MISSING
     task: Any = MISSING
     sweep: Any = None
+    # The models' data set (conf/data/); objectives that use it interpolate ${data}.
+    data: Any = None
 
 
 ConfigStore.instance().store(name="gradbench_schema", node=Settings)

@@ -29,8 +29,16 @@ def run_cell(cfg: DictConfig, estimator_name: str, objective_name: str) -> pd.Da
         torch.set_num_threads(cfg.threads)
     device = resolve_device(cfg.device)
     estimator, objective = build(cfg, device)
+    if cfg.task.name == "train":
+        from benchmarks.train import train_cell
+
+        return train_cell(cfg, estimator, objective, estimator_name, objective_name)
     if cfg.task.name != "variance":
-        raise ConfigError(f"task must be one of: variance; got {cfg.task.name!r}")
+        raise ConfigError(f"task must be one of: variance, train; got {cfg.task.name!r}")
+    if getattr(objective, "is_model", False):
+        from benchmarks.measure_model import model_cell
+
+        return model_cell(cfg, estimator, objective, estimator_name, objective_name)
     return measure_variance(
         estimator,
         objective,

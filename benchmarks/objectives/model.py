@@ -1,0 +1,129 @@
+"""What a *model* objective adds to the estimator contract, and the pieces models share.
+
+A model objective (``vae_bernoulli``, ``vae_gaussian``, ``bayes_logreg``) is a
+``torch.nn.Module`` that implements ``estimators.StochasticObjective`` for its current
+minibatch: ``theta`` is the stochastic node's parents (a VAE's encoder output for the
+batch, [B, D_θ]; the variational parameters of Bayesian logistic regression, [D_θ]),
+``distribution(theta)`` is q, and ``cost(z)`` is the part of the *negative* ELBO that is an
+expectation under q (for the VAEs −log p(x | z), per data point). The rest of the negative
+ELBO, KL(q ‖ prior), is computed analytically (``kl(theta)``) and its exact gradient is
+added to every estimate: it changes the mean gradient, never the variance.
+
+So every estimator in ``estimators/`` works unchanged: it estimates ∇θ E_q[cost], as on a
+toy, and the chain rule carries that to the encoder's weights. Parameters of the cost (a
+decoder) get their gradient pathwise, through the ``cost`` that each surrogate contains.
+The loss is minimised (−ELBO), as the toys' E[f] is.
+
+Beyond the contract, a model provides, for ``benchmarks.measure_model`` and
+``benchmarks.train``:
+
+- ``param_groups``: names of the parameter groups whose gradients are measured;
+- ``replicate_gradients(estimator, n_samples, replicates)``: independent estimates of the
+  gradient of the minibatch loss, ``{group: [replicates, P_group]}``, batched;
+- ``loss(estimator, n_samples)``: a scalar whose gradient w.r.t. ``parameters()`` is one
+  estimate (what a training step differentiates);
+- ``exact_gradient()``: ``{group: [P_group]}`` where it can be computed exactly (by
+  enumeration or quadrature), with ``true_grad_method`` saying how ("exact", "reference",
+  or "none");
+- ``next_batch(generator)`` and ``elbo(split)`` for training.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import torch
+from torch import Tensor, nn
+
+TRUE_GRAD = ("auto", "exact", "reference", "none")
+
+
+class MLP(nn.Module):
+    """tanh MLP whose weights are stored [in, out], so that per-replicate copies
+    [R, in, out] (biases [R, 1, out]) broadcast in ``torch.matmul`` over inputs
+    [..., R, B, in]: one forward pass evaluates R different networks.
+
+    Initialised like ``torch.nn.Linear`` (uniform ±1/√in), from ``generator``.
+    """
+
+    def __init__(self, sizes: list[int], generator: torch.Generator, device, dtype):
+        super().__init__()
+        self.weights = nn.ParameterList()
+        self.biases = nn.ParameterList()
+        for n_in, n_out in zip(sizes[:-1], sizes[1:], strict=True):
+            bound = 1.0 / math.sqrt(n_in)
+            w = (torch.rand(n_in, n_out, generator=generator, dtype=torch.float64) * 2 - 1) * bound
+            b = (torch.rand(n_out, generator=generator, dtype=torch.float64) * 2 - 1) * bound
+            self.weights.append(nn.Parameter(w.to(device, dtype)))
+            self.biases.append(nn.Parameter(b.to(device, dtype)))
+
+    def forward(self, x: Tensor, params: dict[str, Tensor] | None = None) -> Tensor:
+        last = len(self.weights) - 1
+        for i in range(last + 1):
+            if params is None:
+                w, b = self.weights[i], self.biases[i]
+            else:
+                w, b = params[f"weights.{i}"], params[f"biases.{i}"]
+            x = torch.matmul(x, w) + b
+            if i < last:
+                x = torch.tanh(x)
+        return x
+
+    def replicated(self, replicates: int) -> dict[str, Tensor]:
+        """Per-replicate copies of the parameters, each a leaf that requires grad."""
+        copies = {}
+        for name, p in self.named_parameters():
+            p = p.detach()
+            if name.startswith("biases."):
+                p = p.unsqueeze(0)  # [1, out]: broadcasts over the batch dimension
+            copies[name] = p.expand(replicates, *p.shape).clone().requires_grad_(True)
+        return copies
+
+
+def flat(tensors, replicates: int | None = None) -> Tensor:
+    """Concatenate gradients into one vector [P] (or [R, P] with a leading replicate dim)."""
+    if replicates is None:
+        return torch.cat([t.reshape(-1) for t in tensors])
+    return torch.cat([t.reshape(replicates, -1) for t in tensors], dim=1)
+
+
+def choose_true_grad(setting: str, exact_ok: bool, reason: str, fallback: str) -> str:
+    """Resolve ``objective.true_grad`` (auto | exact | reference | none) for one model.
+
+    Args:
+        exact_ok: whether this model, at these sizes, has an exact gradient.
+        reason: one sentence saying why not, used when ``exact`` is asked for anyway.
+        fallback: what ``auto`` gives when there is no exact gradient.
+    """
+    if setting not in TRUE_GRAD:
+        choices = ", ".join(TRUE_GRAD)
+        raise ValueError(f"objective.true_grad must be one of {choices}; got {setting!r}")
+    if setting == "auto":
+        return "exact" if exact_ok else fallback
+    if setting == "exact" and not exact_ok:
+        raise ValueError(f"objective.true_grad=exact: {reason}")
+    return setting
+
+
+def load_checkpoint(module: nn.Module, path: str | None, device) -> None:
+    """Load a ``state_dict`` saved by ``task=train``; one-line errors naming the path."""
+    if not path:
+        return
+    source = Path(path).expanduser()
+    if not source.is_file():
+        raise ValueError(f"objective.checkpoint: no such file: {source}")
+    try:
+        state = torch.load(source, map_location=device, weights_only=True)
+    except Exception as exc:  # torch raises several types for a bad file
+        reason = type(exc).__name__
+        raise ValueError(f"objective.checkpoint: cannot read {source}: {reason}") from None
+    try:
+        module.load_state_dict(state)
+    except (RuntimeError, TypeError, AttributeError) as exc:
+        line = str(exc).strip().splitlines()
+        detail = line[1].strip() if len(line) > 1 else (line[0] if line else "")
+        raise ValueError(
+            f"objective.checkpoint: {source} does not fit this model (same sizes and "
+            f"objective as the training run?): {detail}"
+        ) from None

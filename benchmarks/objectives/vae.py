@@ -1,0 +1,300 @@
+"""Variational autoencoders as stochastic objectives: ``vae_bernoulli`` and ``vae_gaussian``.
+
+Both have an MLP encoder (one tanh hidden layer of ``hidden_dim`` units) that maps a
+binary image x [D] to θ, an MLP decoder of the same shape that maps a latent z [L] to the
+logits of Bernoulli pixels, and a fixed prior. Per data point the loss is the negative ELBO
+
+    −ELBO(x) = E_{q(z|x)}[ −log p(x | z) ] + KL(q(z | x) ‖ p(z)),
+
+with the KL term analytic (Kingma & Welling 2014, appendix B, for the Gaussian; the sum
+of per-bit Bernoulli KLs for the binary latents). ``cost(z) = −log p(x | z)`` is what the
+estimators see: they estimate ∇θ of its expectation, the KL gradient is added exactly. The
+minibatch loss is the mean of −ELBO(x) over the batch. See ``benchmarks.objectives.model``
+for the rest of the model contract.
+
+``vae_bernoulli``: z ∈ {0,1}^L, q = ∏ Bernoulli(sigmoid(θ_l)) (a sigmoid belief layer),
+prior Bernoulli(½)^L; θ [B, L] are the logits. reparam does not apply. Its exact gradient
+sums over all 2^L latent states (``latent_dim ≤ enumerate_limit``).
+
+``vae_gaussian``: z ∈ R^L, q = N(μ, diag σ²), θ [B, 2L] = (μ, log σ), prior N(0, I). Its
+reference gradient is reparam with many samples (``reference_samples`` draws per point).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.distributions import Bernoulli, Distribution, Independent, Normal
+
+from benchmarks.objectives.data import Dataset
+from benchmarks.objectives.model import MLP, choose_true_grad, flat, load_checkpoint
+
+
+def _positive_int(name: str, value) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"objective.{name} must be a positive integer, got {value!r}")
+    return value
+
+
+class VAE(nn.Module):
+    """Shared machinery of the two VAEs; subclasses set the latent family."""
+
+    name = ""
+    is_model = True
+    param_groups = ("encoder", "decoder")
+    cost_is_differentiable = True
+
+    def __init__(
+        self,
+        data: Dataset,
+        latent_dim: int = 8,
+        hidden_dim: int = 64,
+        batch_size: int = 32,
+        init_seed: int = 0,
+        checkpoint: str | None = None,
+        true_grad: str = "auto",
+        enumerate_limit: int = 12,
+        reference_samples: int = 10000,
+        device: str | torch.device = "cpu",
+        dtype: torch.dtype = torch.float32,
+    ):
+        super().__init__()
+        if not isinstance(data, Dataset):
+            raise ValueError(f"objective.data must be a data set (data=digits ...), got {data!r}")
+        self.latent_dim = _positive_int("latent_dim", latent_dim)
+        self.hidden_dim = _positive_int("hidden_dim", hidden_dim)
+        self.batch_size = _positive_int("batch_size", batch_size)
+        self.enumerate_limit = int(enumerate_limit)
+        self.reference_samples = _positive_int("reference_samples", reference_samples)
+        self.data = data.to(device, dtype)
+        generator = torch.Generator().manual_seed(int(init_seed))
+        d, h = self.data.dim, self.hidden_dim
+        self.encoder = MLP([d, h, self.theta_dim], generator, device, dtype)
+        self.decoder = MLP([self.latent_dim, h, d], generator, device, dtype)
+        load_checkpoint(self, checkpoint, device)
+        self.true_grad_method = self._choose_true_grad(true_grad)
+        # Per-replicate decoder copies while measuring; None means the module's own.
+        self._decoder_params: dict[str, Tensor] | None = None
+        # The measured minibatch: the first batch_size training images (a dynamically
+        # binarised set gets one fixed draw), so every estimator sees the same batch.
+        fixed = torch.Generator(device=self.data.train.device).manual_seed(0)
+        n = min(self.batch_size, len(self.data.train))
+        self.x = self.data.batch(torch.arange(n, device=self.data.train.device), fixed)
+
+    # -- the latent family (subclasses) -------------------------------------------------
+    @property
+    def theta_dim(self) -> int:
+        raise NotImplementedError
+
+    def distribution(self, theta: Tensor) -> Distribution:
+        raise NotImplementedError
+
+    def kl(self, theta: Tensor) -> Tensor:
+        """KL(q_θ ‖ prior) per data point, [*batch]."""
+        raise NotImplementedError
+
+    def _choose_true_grad(self, setting: str) -> str:
+        raise NotImplementedError
+
+    # -- the estimator contract ---------------------------------------------------------
+    @property
+    def theta(self) -> Tensor:
+        """Encoder output for the current minibatch, detached, [B, D_θ]."""
+        with torch.no_grad():
+            return self.encoder(self.x)
+
+    def cost(self, z: Tensor) -> Tensor:
+        """−log p(x | z) for the current batch x [B, D]: z [..., B, L] -> [..., B]."""
+        logits = self.decoder(z, self._decoder_params)  # [..., B, D]
+        # −log Bernoulli(x; sigmoid(l)) = softplus(l) − x·l, summed over pixels.
+        return (F.softplus(logits) - self.x * logits).sum(-1)
+
+    # -- training and measurement -------------------------------------------------------
+    def set_batch(self, x: Tensor) -> None:
+        self.x = x
+
+    def next_batch(self, generator: torch.Generator) -> None:
+        """Draw a fresh training minibatch (uniformly, without replacement)."""
+        n = len(self.data.train)
+        index = torch.randperm(n, generator=generator)[: min(self.batch_size, n)]
+        self.x = self.data.batch(index.to(self.data.train.device), generator)
+
+    def loss(self, estimator, n_samples: int) -> Tensor:
+        """Minibatch −ELBO whose gradient w.r.t. every parameter is one estimate."""
+        theta = self.encoder(self.x)
+        surrogate = estimator.surrogate(self, theta, n_samples)  # [m, B]
+        return (surrogate.mean(0) + self.kl(theta)).mean()
+
+    def replicate_gradients(self, estimator, n_samples: int, replicates: int) -> dict[str, Tensor]:
+        """``replicates`` independent gradient estimates of the minibatch loss, batched.
+
+        θ (the encoder output) is copied once per replicate, as in
+        ``estimators.replicate_gradients``, and so are the decoder's weights, so one
+        backward pass gives each replicate's θ-gradient and decoder gradient. Each
+        encoder-weight gradient is then the vector–Jacobian product of the encoder with
+        that replicate's θ-gradient: one ``vmap`` over ``vjp``, with the encoder's forward
+        pass done once for all replicates.
+
+        Returns:
+            ``{"encoder": [R, P_enc], "decoder": [R, P_dec]}``.
+        """
+        params = {k: v.detach() for k, v in self.encoder.named_parameters()}
+        theta, encoder_vjp = torch.func.vjp(
+            lambda p: torch.func.functional_call(self.encoder, (p,), (self.x,)), params
+        )
+        theta = theta.detach()
+        copies = theta.expand(replicates, *theta.shape).clone().requires_grad_(True)
+        decoder = self.decoder.replicated(replicates)
+        batch = theta.shape[0]
+        self._decoder_params = decoder
+        try:
+            surrogate = estimator.surrogate(self, copies, n_samples)  # [m, R, B]
+            loss = surrogate.mean(0).sum() / batch
+            grads = torch.autograd.grad(loss, [copies, *decoder.values()])
+        finally:
+            self._decoder_params = None
+        theta_grad = grads[0] + self._kl_theta_grad(theta)  # [R, B, D_θ]
+        (encoder_grads,) = torch.func.vmap(encoder_vjp)(theta_grad)
+        return {
+            "encoder": flat(encoder_grads.values(), replicates),
+            "decoder": flat(grads[1:], replicates),
+        }
+
+    def _kl_theta_grad(self, theta: Tensor) -> Tensor:
+        theta = theta.detach().requires_grad_(True)
+        with torch.enable_grad():
+            (grad,) = torch.autograd.grad(self.kl(theta).sum() / theta.shape[0], theta)
+        return grad
+
+    def group_parameters(self) -> dict[str, list[Tensor]]:
+        return {
+            "encoder": list(self.encoder.parameters()),
+            "decoder": list(self.decoder.parameters()),
+        }
+
+    def exact_loss(self, x: Tensor) -> Tensor:
+        raise NotImplementedError
+
+    def exact_gradient(self) -> dict[str, Tensor]:
+        """The exact gradient of the minibatch loss per group, ``{group: [P_group]}``."""
+        groups = self.group_parameters()
+        params = [p for ps in groups.values() for p in ps]
+        with torch.enable_grad():
+            grads = torch.autograd.grad(self.exact_loss(self.x).mean(), params)
+        out, start = {}, 0
+        for name, ps in groups.items():
+            out[name] = flat(grads[start : start + len(ps)]).detach()
+            start += len(ps)
+        return out
+
+    @torch.no_grad()
+    def elbo(self, split: str = "test", n_samples: int = 16) -> float:
+        """Mean ELBO per data point on ``split`` (exact where the latents enumerate)."""
+        x = self.data.test if split == "test" else self.data.train
+        saved = self.x
+        try:
+            values = []
+            for start in range(0, len(x), 512):
+                self.x = x[start : start + 512]
+                values.append(-self._elbo_terms(n_samples))
+            return float(torch.cat(values).mean())
+        finally:
+            self.x = saved
+
+    def _elbo_terms(self, n_samples: int) -> Tensor:
+        """−ELBO per data point of the current batch, [B]: MC over q unless overridden."""
+        theta = self.encoder(self.x)
+        z = self.distribution(theta).sample((n_samples,))
+        return self.cost(z).mean(0) + self.kl(theta)
+
+
+class BernoulliVAE(VAE):
+    """VAE with L binary latents (sigmoid belief layer) and a Bernoulli(½)^L prior.
+
+    θ [B, L] are the logits of q(z | x). ``relaxed_cost`` evaluates the decoder at relaxed
+    latents y ∈ [0, 1]^L, for the Concrete / straight-through estimators.
+    """
+
+    name = "vae_bernoulli"
+    cost_is_differentiable = False
+
+    @property
+    def theta_dim(self) -> int:
+        return self.latent_dim
+
+    def distribution(self, theta):
+        return Independent(Bernoulli(logits=theta), 1)
+
+    def relaxed_cost(self, y: Tensor) -> Tensor:
+        """−log p(x | y) with the decoder applied to y ∈ [0, 1]^L: y [..., B, L] -> [..., B]."""
+        return self.cost(y)
+
+    def kl(self, theta):
+        # KL(Bern(q) ‖ Bern(½)) = q log q + (1−q) log(1−q) + log 2, with log q = −softplus(−θ).
+        q = torch.sigmoid(theta)
+        log_q, log_1mq = -F.softplus(-theta), -F.softplus(theta)
+        return (q * log_q + (1 - q) * log_1mq + math.log(2.0)).sum(-1)
+
+    def _choose_true_grad(self, setting):
+        ok = self.latent_dim <= self.enumerate_limit
+        reason = (
+            f"enumerating 2^{self.latent_dim} latent states needs latent_dim <= "
+            f"objective.enumerate_limit ({self.enumerate_limit})"
+        )
+        # No estimator is exact beyond the limit; a noisy reference would pass for truth.
+        return choose_true_grad(setting, ok, reason, fallback="none")
+
+    def states(self) -> Tensor:
+        """All 2^L latent states, [2^L, L]."""
+        codes = torch.arange(2**self.latent_dim, device=self.x.device)
+        bits = (codes.unsqueeze(-1) >> torch.arange(self.latent_dim, device=self.x.device)) & 1
+        return bits.to(self.x.dtype)
+
+    def exact_loss(self, x):
+        """−ELBO per data point by summing over all 2^L latent states, [B]."""
+        saved = self.x
+        self.x = x
+        try:
+            theta = self.encoder(x)
+            states = self.states().unsqueeze(1).expand(-1, len(x), -1)  # [2^L, B, L]
+            log_q = self.distribution(theta).log_prob(states)  # [2^L, B]
+            return (log_q.exp() * self.cost(states)).sum(0) + self.kl(theta)
+        finally:
+            self.x = saved
+
+    def _elbo_terms(self, n_samples):
+        if self.latent_dim <= self.enumerate_limit:
+            return self.exact_loss(self.x)
+        return super()._elbo_terms(n_samples)
+
+
+class GaussianVAE(VAE):
+    """VAE with L Gaussian latents, q = N(μ, diag σ²), prior N(0, I).
+
+    θ [B, 2L] = (μ, log σ): the last dimension holds the means, then the log-scales.
+    """
+
+    name = "vae_gaussian"
+
+    @property
+    def theta_dim(self) -> int:
+        return 2 * self.latent_dim
+
+    def distribution(self, theta):
+        mean, log_scale = theta.split(self.latent_dim, dim=-1)
+        return Independent(Normal(mean, log_scale.exp()), 1)
+
+    def kl(self, theta):
+        mean, log_scale = theta.split(self.latent_dim, dim=-1)
+        return 0.5 * (mean.square() + (2 * log_scale).exp() - 1 - 2 * log_scale).sum(-1)
+
+    def _choose_true_grad(self, setting):
+        return choose_true_grad(
+            setting,
+            False,
+            "vae_gaussian has no exact gradient; use true_grad=reference (reparam, many samples)",
+            fallback="reference",
+        )
