@@ -151,4 +151,5 @@ class StraightThrough(Estimator):
                 x = (y > 0.5).to(y.dtype)
             else:
                 x = one_hot(y.argmax(-1), y.shape[-1]).to(y.dtype)
-        return objective.relaxed_cost(x + y - y.detach())
+        # x + (y − y) is exactly x in value; (x + y) − y would round.
+        return objective.relaxed_cost(x + (y - y.detach()))

@@ -16,7 +16,7 @@ from collections.abc import Sequence
 
 import torch
 from torch import Tensor
-from torch.distributions import Bernoulli, Categorical, Distribution, Normal
+from torch.distributions import Bernoulli, Categorical, Distribution, Independent, Normal
 
 
 class ToyObjective:
@@ -183,7 +183,58 @@ class CategoricalLinear(ToyObjective):
         return (torch.softmax(theta, -1) * self.rewards).sum(-1)
 
 
+class BernoulliShared(ToyObjective):
+    """Bits sharing one logit: b_i ~ Bernoulli(sigmoid(phi)) independently, i = 1..K,
+    f(b) = Σ_i (b_i − targets_i)², with K = len(targets).
+
+    The toy of Liu et al. (2019) and Kool et al. (2020) (targets [0.6, 0.51, 0.48]): a
+    multivariate Bernoulli whose dimensions pull the shared logit in different directions.
+    L is computed by enumerating the 2^K states, so its gradient is exact.
+    """
+
+    name = "bernoulli_shared"
+    param_names = ["phi"]
+    cost_is_differentiable = False
+
+    def __init__(self, phi=0.0, targets=(0.6, 0.51, 0.48), device="cpu", dtype=torch.float32):
+        targets = _numbers("targets", targets)
+        if not 1 <= len(targets) <= 16:
+            raise ValueError(f"objective.targets needs 1 to 16 entries, got {len(targets)}")
+        super().__init__([_number("phi", phi)], device, dtype)
+        self.targets = torch.tensor(targets, device=device, dtype=dtype)
+
+    def to(self, device):
+        self.targets = self.targets.to(device)
+        return super().to(device)
+
+    def distribution(self, theta):
+        logits = theta[..., :1].expand(*theta.shape[:-1], len(self.targets))
+        return Independent(Bernoulli(logits=logits), 1)
+
+    def cost(self, x):
+        return ((x - self.targets) ** 2).sum(-1)
+
+    def relaxed_cost(self, y):
+        """f on relaxed bits y in [0, 1]^K (for the relaxation estimators)."""
+        return self.cost(y)
+
+    def exact_value(self, theta):
+        k = len(self.targets)
+        codes = torch.arange(2**k, device=theta.device)
+        states = ((codes.unsqueeze(-1) >> torch.arange(k, device=theta.device)) & 1).to(
+            theta.dtype
+        )  # [2^K, K]
+        log_p = self.distribution(theta.unsqueeze(-2)).log_prob(states)  # [*batch, 2^K]
+        return (log_p.exp() * self.cost(states)).sum(-1)
+
+
 TOYS = {
     cls.name: cls
-    for cls in (GaussianQuadratic, GaussianCosine, BernoulliThreshold, CategoricalLinear)
+    for cls in (
+        GaussianQuadratic,
+        GaussianCosine,
+        BernoulliThreshold,
+        CategoricalLinear,
+        BernoulliShared,
+    )
 }
