@@ -1,18 +1,29 @@
 """``gradbench run | list``: the command line.
 
 ``run`` checks every cell of the requested run or sweep before handing over to Hydra, so
-bad input (an unknown estimator, ``n_samples=0``, ``objective.sigma=-1``) is one line on
-stderr and exit code 2, instead of a traceback from the middle of a sweep.
+bad input (an unknown estimator, ``n_samples=0``, ``objective.sigma=-1``, an unwritable
+results folder) is one line on stderr and exit code 2, instead of a traceback from the
+middle of a sweep.
+
+A sweep goes to a folder named after the command (``results/sweeps/<preset>`` or
+``results/sweeps/<preset or "sweep">-<hash of the overrides>``), one sub-folder per cell
+named by the cell's swept values, so running the same command again finds the cells
+already done and runs only the others (``benchmarks.run``).
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import itertools
 import math
+import os
 import re
+import shutil
 import sys
+import time
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pandas as pd
@@ -23,9 +34,9 @@ from hydra.errors import HydraException
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from benchmarks.config import ConfigError, build
+from benchmarks.config import RESULT_NEUTRAL_KEYS, ConfigError, build
 
-GROUPS = ("estimator", "objective", "task", "data", "sweep")
+GROUPS = ("estimator", "objective", "task", "data", "sweep", "hydra/launcher")
 # Flags of Hydra's own command line that take a value.
 VALUE_FLAGS = {"--config-name", "-cn", "--config-dir", "-cd", "--config-path", "-cp",
                "--info", "-i", "--experimental-rerun"}  # fmt: skip
@@ -83,12 +94,15 @@ def normalise_overrides(overrides: list[str]) -> list[str]:
     return [o[1:] if o.startswith("+sweep=") else o for o in overrides]
 
 
-def _group_options(group: str) -> list[str]:
+def _group_options(group: str, search_path: Sequence[str] = ()) -> list[str]:
+    """Options of a config group, including those of ``hydra.searchpath`` overrides."""
     loader = GlobalHydra.instance().config_loader()
-    return sorted(loader.get_group_options(group))
+    return sorted(
+        loader.get_group_options(group, config_name="config", overrides=list(search_path))
+    )
 
 
-def _check_group_choices(parsed) -> None:
+def _check_group_choices(parsed, search_path: Sequence[str] = ()) -> None:
     for override in parsed:
         key = override.key_or_group
         if key not in GROUPS or override.is_delete():
@@ -98,23 +112,35 @@ def _check_group_choices(parsed) -> None:
             if override.is_sweep_override()
             else [override.get_value_element_as_str()]
         )
-        options = _group_options(key)
+        options = _group_options(key, search_path)
         for value in values:
             if value in ("null", "None") and key == "sweep":
                 continue
             if value not in options:
-                raise UsageError(f"unknown {key} {value!r}; choose from: {', '.join(options)}")
+                hint = ""
+                if key == "hydra/launcher" and value == "ray":
+                    hint = " (the ray launcher is an extra: pip install 'gradbench[ray]')"
+                raise UsageError(
+                    f"unknown {key} {value!r}; choose from: {', '.join(options)}{hint}"
+                )
 
 
 def expand_cells(overrides: list[str], config_name: str) -> Iterator[list[str]]:
-    """Every cell of the run or sweep, as a list of plain ``key=value`` overrides.
+    """Every cell of the run or sweep, as a list of plain ``key=value`` overrides."""
+    fixed, axes = sweep_axes(overrides, config_name)
+    yield from cells_to_check(fixed, axes)
+
+
+def sweep_axes(overrides: list[str], config_name: str) -> tuple[list[str], dict[str, list[str]]]:
+    """The overrides fixed for every cell, and the values of each swept key.
 
     Sweeps come from the command line (``a=1,2``) and from a preset's
     ``hydra.sweeper.params``; as in Hydra's basic sweeper, the command line wins.
     """
     parser = OverridesParser.create()
     parsed = parser.parse_overrides(overrides)
-    _check_group_choices(parsed)
+    search_path = [o.input_line for o in parsed if o.get_key_element() == "hydra.searchpath"]
+    _check_group_choices(parsed, search_path)
     fixed = [o.input_line for o in parsed if not o.is_sweep_override()]
     base = compose(config_name, overrides=fixed, return_hydra_config=True)
     preset = OmegaConf.select(base, "hydra.sweeper.params") or {}
@@ -122,12 +148,17 @@ def expand_cells(overrides: list[str], config_name: str) -> Iterator[list[str]]:
     sweep_lines += [o.input_line for o in parsed if o.is_sweep_override()]
     axes: dict[str, list[str]] = {}
     for override in parser.parse_overrides(sweep_lines):
-        _check_group_choices([override])
+        _check_group_choices([override], search_path)
         key = override.get_key_element()
         if override.is_sweep_override():
             axes[key] = [f"{key}={v}" for v in override.sweep_string_iterator()]
         else:
             axes[key] = [override.input_line]
+    return fixed, axes
+
+
+def cells_to_check(fixed: list[str], axes: dict[str, list[str]]) -> Iterator[list[str]]:
+    """Every cell, or for a sweep of more than ``MAX_CELLS_CHECKED`` cells every value."""
     if math.prod(len(values) for values in axes.values()) <= MAX_CELLS_CHECKED:
         for cell in itertools.product(*axes.values()):
             yield fixed + list(cell)
@@ -140,18 +171,108 @@ def expand_cells(overrides: list[str], config_name: str) -> Iterator[list[str]]:
             yield fixed + first[:i] + [value] + first[i + 1 :]
 
 
-def check_run(overrides: list[str], flags: dict[str, str]) -> None:
-    """Compose and build every cell; raise ``UsageError`` on the first bad one."""
+@dataclass
+class Plan:
+    """What a checked ``gradbench run`` will do, and the overrides the CLI adds for it."""
+
+    multirun: bool
+    output_dir: Path  # the run folder, or the sweep folder of a multirun
+    cells: int
+    added: list[str] = field(default_factory=list)
+
+
+def check_run(overrides: list[str], flags: dict[str, str], multirun: bool = False) -> Plan:
+    """Compose and build every cell; raise ``UsageError`` on the first bad one.
+
+    Also checks what Hydra would otherwise report with a traceback: a sweep without
+    ``-m``, a results folder that cannot be written, Slurm's launcher without Slurm.
+    """
     config_name = flags.get("--config-name") or flags.get("-cn") or "config"
     config_dir = flags.get("--config-dir") or flags.get("-cd")
     with _hydra_context():
         if config_dir:
             overrides = [*overrides, f"hydra.searchpath=[file://{Path(config_dir).resolve()}]"]
         try:
-            for cell in expand_cells(overrides, config_name):
+            fixed, axes = sweep_axes(overrides, config_name)
+            for i, cell in enumerate(cells_to_check(fixed, axes)):
+                if i == 0:
+                    first = compose(config_name, overrides=cell, return_hydra_config=True)
                 check_cell(compose(config_name, overrides=cell))
+            cells = math.prod(len(values) for values in axes.values())
+            plan = _plan(first, overrides, config_name, config_dir, multirun, cells)
         except (HydraException, OmegaConfBaseException, ConfigError) as exc:
             raise UsageError(_one_line(exc)) from exc
+    check_writable(plan.output_dir)
+    return plan
+
+
+def _plan(first, overrides, config_name, config_dir, multirun, cells) -> Plan:
+    """Run or sweep, where its results go, and the settings the CLI adds to the command."""
+    hydra_cfg = first.hydra
+    parsed = OverridesParser.create().parse_overrides(overrides)
+    multirun = multirun or str(hydra_cfg.mode) == "RunMode.MULTIRUN"
+    swept = [o for o in parsed if o.is_sweep_override()]
+    if swept and not multirun:
+        raise UsageError(
+            f"{swept[0].input_line!r} is a sweep: add -m (gradbench run -m ...) to run every value"
+        )
+    if not multirun:
+        return Plan(False, Path(str(hydra_cfg.run.dir)), 1)
+    added = []
+    dir_setting = OmegaConf.to_container(hydra_cfg.sweep, resolve=False)["dir"]
+    if "${now:" in str(dir_setting):  # the default: name the folder after the command
+        sweep_dir = sweep_folder(parsed, config_name, config_dir)
+        added.append(f"hydra.sweep.dir={sweep_dir}")
+    else:
+        sweep_dir = Path(str(hydra_cfg.sweep.dir))
+    # A cell's folder is named by what varies between cells; what is fixed for the whole
+    # sweep is already in the sweep folder's name (or chosen with it).
+    fixed = sorted({o.key_or_group for o in parsed if not o.is_sweep_override()})
+    fixed = [k for k in fixed if not k.startswith("hydra")]
+    exclude = ",".join(repr(k) for k in ["sweep", *RESULT_NEUTRAL_KEYS, *fixed])
+    added.append(f"hydra.job.config.override_dirname.exclude_keys=[{exclude}]")
+    if str(hydra_cfg.launcher._target_).endswith(".SlurmLauncher") and not shutil.which("sbatch"):
+        raise UsageError(
+            "hydra/launcher=submitit_slurm needs Slurm, and sbatch is not on this machine's "
+            "PATH; run from a Slurm login node, or try the same path here with "
+            "hydra/launcher=submitit_local"
+        )
+    return Plan(True, sweep_dir, cells, added)
+
+
+def sweep_folder(parsed, config_name: str, config_dir: str | None) -> Path:
+    """``results/sweeps/<label>[-<hash>]``: the same sweep command, the same folder.
+
+    The label is the preset (``sweep=NAME``) or else ``sweep``; the hash covers every
+    override that can change results, so the launcher, ``threads`` and ``resume`` can
+    differ between an interrupted run and its resumption.
+    """
+    label = "sweep" if config_name == "config" else config_name
+    lines = []
+    for override in parsed:
+        key = override.key_or_group
+        value = override.get_value_element_as_str() if not override.is_sweep_override() else ""
+        if key == "sweep" and value not in ("", "null", "None"):
+            label = value
+        elif not (key.startswith("hydra") or key in RESULT_NEUTRAL_KEYS):
+            lines.append(override.input_line)
+    if config_dir:
+        lines.append(f"--config-dir={Path(config_dir).resolve()}")
+    if not lines:
+        return Path("results", "sweeps", label)
+    digest = hashlib.sha1("\n".join(sorted(lines)).encode()).hexdigest()[:8]
+    return Path("results", "sweeps", f"{label}-{digest}")
+
+
+def check_writable(folder: Path) -> None:
+    """Raise ``UsageError`` unless ``folder`` exists or could be made, and can be written."""
+    existing = folder
+    while not existing.exists() and existing.parent != existing:
+        existing = existing.parent
+    if not existing.is_dir():
+        raise UsageError(f"cannot write results to {folder}: {existing} is not a folder")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise UsageError(f"cannot write results to {folder}: {existing} is not writable")
 
 
 def check_cell(cfg: DictConfig) -> None:
@@ -159,9 +280,13 @@ def check_cell(cfg: DictConfig) -> None:
     build(cfg)
 
 
-def summarise(output: dict[str, str]) -> int:
-    """Print a sweep's table of variances; return the number of failed cells."""
-    from benchmarks.records import collect_records, summary_table
+def summarise(output: dict[str, str], started: float | None = None) -> int:
+    """Print a sweep's table of variances and cell counts; return the number of failed cells.
+
+    Cells whose records are older than ``started`` (a time.time()) were kept from an
+    earlier run of the same sweep.
+    """
+    from benchmarks.records import RECORDS, collect_records, summary_table
 
     folder = Path(output["dir"])
     records = collect_records(folder)
@@ -173,16 +298,27 @@ def summarise(output: dict[str, str]) -> int:
     print("\nvar_grad (variance of one estimate) per estimator:")
     print(summary_table(records))
     counts = status.value_counts().to_dict()
-    print(f"\n{len(cells)} cells: " + ", ".join(f"{n} {s}" for s, n in sorted(counts.items())))
+    line = f"\n{len(cells)} cells: " + ", ".join(f"{n} {s}" for s, n in sorted(counts.items()))
+    if started is not None:
+        kept = sum((folder / d / RECORDS).stat().st_mtime < started for d in cells["run_dir"])
+        line += f" ({len(cells) - kept} run now, {kept} kept from an earlier run)"
+    print(line)
+    failed = int(counts.get("failed", 0))
+    if failed:
+        logs = [d for d, s in zip(cells["run_dir"], status, strict=True) if s == "failed"]
+        print(f"{failed} failed; tracebacks in error.log of: {', '.join(logs)}")
     print(f"records under: {folder}")
-    return int(counts.get("failed", 0))
+    return failed
 
 
 def cmd_run(args: Sequence[str]) -> int:
     overrides, flags, multirun = split_args(args)
     overrides = normalise_overrides(overrides)
     if not any(flag in flags for flag in ("--help", "-h", "--hydra-help", "--cfg", "-c", "--info")):
-        check_run(overrides, flags)
+        plan = check_run(overrides, flags, multirun)
+        overrides = [*overrides, *plan.added]
+        if plan.multirun:
+            print(f"gradbench: {plan.cells} cells into {plan.output_dir}", file=sys.stderr)
     from benchmarks import callbacks, run
 
     hydra_args = [*(["-m"] if multirun else []), *overrides]
@@ -190,9 +326,10 @@ def cmd_run(args: Sequence[str]) -> int:
         hydra_args += [flag, value] if value else [flag]
     sys.argv = ["gradbench run", *hydra_args]
     callbacks.LAST_OUTPUT.clear()
+    started = time.time()
     run.main()
     if callbacks.LAST_OUTPUT.get("mode") == "multirun":
-        return 1 if summarise(callbacks.LAST_OUTPUT) else 0
+        return 1 if summarise(callbacks.LAST_OUTPUT, started) else 0
     return 0
 
 
@@ -222,8 +359,9 @@ def cmd_list(args: Sequence[str]) -> int:
     table = compatibility()
     print("estimators:", ", ".join(table.columns))
     print("objectives:", ", ".join(table.index))
-    print("\nwhich estimator applies to which objective (n_samples >= 2 for reinforce_loo):")
-    print(table.to_string())
+    print("\nwhich estimator applies to which objective (at n_samples=10; some estimators")
+    print("also restrict n_samples, e.g. reinforce_loo needs at least 2):")
+    print(table.reset_index().to_string(index=False))
     return 0
 
 

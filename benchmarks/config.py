@@ -7,6 +7,10 @@ config the job accepts.
 
 from __future__ import annotations
 
+import hashlib
+import json
+import os
+import re
 import sys
 from dataclasses import dataclass
 from typing import Any
@@ -15,10 +19,13 @@ import torch
 from hydra.core.config_store import ConfigStore
 from hydra.errors import InstantiationException
 from hydra.utils import instantiate
-from omegaconf import MISSING, DictConfig
+from omegaconf import MISSING, DictConfig, OmegaConf
 
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
 DEVICES = ("cpu", "cuda", "auto")
+# What a variance cell does with non-finite replicate estimates: record the count and leave
+# the statistics NaN, or compute the statistics over the finite replicates only.
+NONFINITE = ("record", "drop")
 
 
 class ConfigError(ValueError):
@@ -37,6 +44,9 @@ class Settings:
     # torch intra-op threads per job; None keeps torch's default. Set it when running
     # parallel jobs so that they do not oversubscribe the cores.
     threads: int | None = None
+    # In a sweep, skip cells whose records are already complete (see ``benchmarks.run``);
+    # ``resume=false`` runs every cell again.
+    resume: bool = True
     estimator: Any = MISSING
     objective: Any = MISSING
     task: Any = MISSING
@@ -46,6 +56,76 @@ class Settings:
 
 
 ConfigStore.instance().store(name="gradbench_schema", node=Settings)
+
+
+# Longest cell folder name kept as is; longer ones are cut and get a hash.
+MAX_CELL_DIRNAME = 160
+
+
+def cell_dirname(override_dirname: str) -> str:
+    """A sweep cell's folder name, from Hydra's ``hydra.job.override_dirname``.
+
+    That is the cell's overrides, sorted, ``key=value`` joined by commas
+    (``estimator=reinforce,n_samples=10``), so the folder says which cell it holds and the
+    same cell of the same sweep always lands in the same folder, which is what lets a
+    re-run sweep find the cells it already has. Slashes (paths in values) would make
+    sub-folders and long names hit file-system limits, so such names are shortened and
+    made unique with a hash of the full text.
+    """
+    if not override_dirname:
+        return "defaults"
+    safe = re.sub(r"[/\\\x00]", "_", override_dirname)
+    if safe == override_dirname and len(safe) <= MAX_CELL_DIRNAME:
+        return safe
+    digest = hashlib.sha1(override_dirname.encode()).hexdigest()[:10]
+    return f"{safe[: MAX_CELL_DIRNAME - 11]}-{digest}"
+
+
+OmegaConf.register_new_resolver("gradbench.cell_dir", cell_dirname, replace=True)
+
+
+# Settings that change how a cell runs but not what it measures.
+RESULT_NEUTRAL_KEYS = ("threads", "resume")
+
+
+def config_hash(cfg: DictConfig) -> str:
+    """A fingerprint of everything that decides a cell's results (``threads`` aside).
+
+    Stored with the records; a resumed sweep re-runs a cell whose stored fingerprint
+    differs, e.g. because a preset's values were edited since.
+    """
+    tree = OmegaConf.to_container(cfg, resolve=True)
+    for key in RESULT_NEUTRAL_KEYS:
+        tree.pop(key, None)
+    text = json.dumps(tree, sort_keys=True, default=str)
+    return hashlib.sha1(text.encode()).hexdigest()[:16]
+
+
+def available_cpus() -> int:
+    """CPUs this process may run on (its affinity mask, e.g. a Slurm allocation)."""
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
+
+
+def launcher_threads(launcher: DictConfig | None) -> int | None:
+    """torch threads per job when ``threads`` is not set, from the launcher's settings.
+
+    joblib runs ``n_jobs`` jobs at once on this machine: the CPUs are shared out between
+    them. submitit (local or Slurm) gives each job ``cpus_per_task`` CPUs (1 unless set).
+    Any other launcher (the basic one runs jobs one after another): None, torch's default.
+    """
+    if launcher is None:
+        return None
+    target = str(launcher.get("_target_", ""))
+    if target.endswith("JoblibLauncher"):
+        cpus = available_cpus()
+        n_jobs = int(launcher.get("n_jobs") or -1)
+        workers = n_jobs if n_jobs > 0 else max(1, cpus + 1 + n_jobs)
+        return max(1, cpus // min(workers, cpus))
+    if "hydra_submitit_launcher" in target:
+        return int(launcher.get("cpus_per_task") or 1)
+    return None
 
 
 def resolve_device(name: str) -> torch.device:
@@ -87,6 +167,11 @@ def check_settings(cfg: DictConfig) -> None:
         raise ConfigError(f"dtype must be one of {', '.join(DTYPES)}; got {cfg.dtype!r}")
     if cfg.threads is not None and cfg.threads < 1:
         raise ConfigError(f"threads must be at least 1, got {cfg.threads}")
+    nonfinite = OmegaConf.select(cfg, "task.nonfinite", default="record")
+    if nonfinite not in NONFINITE:
+        raise ConfigError(
+            f"task.nonfinite must be one of {', '.join(NONFINITE)}; got {nonfinite!r}"
+        )
 
 
 def build(cfg: DictConfig, device: torch.device | None = None):

@@ -75,6 +75,7 @@ def measure_variance(
     warmup_steps: int = 10,
     timing_min_run_time: float = 0.05,
     max_batch_samples: int = 2**22,
+    nonfinite: str = "record",
 ) -> pd.DataFrame:
     """Bias, variance and cost of ``estimator`` on ``objective`` at its parameters.
 
@@ -83,7 +84,8 @@ def measure_variance(
     (timed as ``measure_time_s``); then the time of one estimate on its own
     (``time_per_estimate_s``). An estimator that does not apply gives rows with status
     ``skipped: <reason>``; non-finite estimates give ``nonfinite: k of R replicates`` and
-    NaN statistics.
+    NaN statistics, or, with ``nonfinite="drop"``, statistics over the finite replicates
+    only (``n_finite`` of them; ``bias_se`` uses that count).
 
     Returns:
         One row per parameter coordinate, columns ``RECORD_COLUMNS``.
@@ -92,6 +94,8 @@ def measure_variance(
         raise ValueError(f"n_samples must be at least 1, got {n_samples}")
     if replicates < 2:
         raise ValueError(f"replicates must be at least 2 to estimate a variance, got {replicates}")
+    if nonfinite not in ("record", "drop"):
+        raise ValueError(f"nonfinite must be 'record' or 'drop', got {nonfinite!r}")
 
     theta = objective.theta
     device = theta.device
@@ -124,6 +128,10 @@ def measure_variance(
         stats["n_finite"] = int(finite.sum())
         if stats["n_finite"] < replicates:
             status = f"nonfinite: {replicates - stats['n_finite']} of {replicates} replicates"
+            if nonfinite == "drop" and stats["n_finite"] >= 2:
+                status += f"; statistics over the {stats['n_finite']} finite ones"
+                kept = grads[finite]
+                stats["mean"], stats["var"] = kept.mean(0), kept.var(0, correction=1)
         else:
             status = "ok"
             stats["mean"], stats["var"] = grads.mean(0), grads.var(0, correction=1)
@@ -135,7 +143,8 @@ def measure_variance(
 
     mean, var = stats["mean"], stats["var"]
     bias = mean - true_grad.double()
-    bias_se = (var / replicates).sqrt()
+    # The standard error of the mean over the replicates that entered it.
+    bias_se = (var / (stats["n_finite"] if status != "ok" else replicates)).sqrt()
     rows = []
     for k, name in enumerate(objective.param_names):
         v = float(var[k])

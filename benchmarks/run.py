@@ -1,4 +1,10 @@
-"""The Hydra entry point: compose, build, measure, write. Everything else lives elsewhere."""
+"""The Hydra entry point: compose, build, measure, write. Everything else lives elsewhere.
+
+In a sweep each cell is one job in its own folder. A job whose folder already holds
+complete records for the same configuration does nothing (``resume=true``, the default),
+so running an interrupted sweep again runs only the cells it is missing. A job that
+raises records ``status = failed: <reason>`` and leaves the traceback in ``error.log``.
+"""
 
 from __future__ import annotations
 
@@ -12,9 +18,17 @@ import torch
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
-from benchmarks.config import ConfigError, build, resolve_device
+from benchmarks.config import ConfigError, build, config_hash, launcher_threads, resolve_device
 from benchmarks.measure import measure_variance
-from benchmarks.records import RECORDS, format_table, write_parquet_atomic
+from benchmarks.records import (
+    RECORDS,
+    format_table,
+    records_complete,
+    remove_stale_temporaries,
+    write_parquet_atomic,
+)
+
+ERROR_LOG = "error.log"
 
 
 def config_path() -> str:
@@ -50,6 +64,7 @@ def run_cell(cfg: DictConfig, estimator_name: str, objective_name: str) -> pd.Da
         warmup_steps=cfg.task.warmup_steps,
         timing_min_run_time=cfg.task.timing_min_run_time,
         max_batch_samples=cfg.task.max_batch_samples,
+        nonfinite=cfg.task.get("nonfinite", "record"),
     )
 
 
@@ -68,17 +83,29 @@ def main(cfg: DictConfig) -> None:
     out = Path(hydra_cfg.runtime.output_dir)
     choices = hydra_cfg.runtime.choices
     estimator_name, objective_name = choices["estimator"], choices["objective"]
+    in_sweep = hydra_cfg.mode is not None and hydra_cfg.mode.name == "MULTIRUN"
+    fingerprint = config_hash(cfg)
+    if in_sweep and cfg.resume and records_complete(out / RECORDS, fingerprint):
+        print(f"gradbench: {out.name}: complete, not run again (resume=false re-runs it)")
+        return
+    remove_stale_temporaries(out)
+    (out / ERROR_LOG).unlink(missing_ok=True)  # from an earlier, failed attempt
+    threads = cfg.threads
+    if threads is None and in_sweep:
+        threads = launcher_threads(hydra_cfg.launcher)
+    if threads is not None:
+        torch.set_num_threads(threads)
     try:
         records = run_cell(cfg, estimator_name, objective_name)
     except ConfigError:
         raise
     except Exception as exc:  # a sweep goes on past a cell that crashes
         reason = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
-        (out / "error.log").write_text(traceback.format_exc())
+        (out / ERROR_LOG).write_text(traceback.format_exc())
         records = failed_records(cfg, estimator_name, objective_name, reason)
-        print(
-            f"gradbench: cell failed ({reason}); traceback in {out / 'error.log'}", file=sys.stderr
-        )
+        print(f"gradbench: cell failed ({reason}); traceback in {out / ERROR_LOG}", file=sys.stderr)
+    records["config_hash"] = fingerprint
+    records["threads"] = torch.get_num_threads()
     write_parquet_atomic(records, out / RECORDS)
     if hydra_cfg.mode is None or hydra_cfg.mode.name == "RUN":
         print(format_table(records))
