@@ -278,6 +278,10 @@ def check_writable(folder: Path) -> None:
 def check_cell(cfg: DictConfig) -> None:
     """Everything the job will build, built once here (cheap for toys)."""
     build(cfg)
+    if cfg.task.name == "train":
+        from benchmarks.train import check_train
+
+        check_train(cfg)
 
 
 def summarise(output: dict[str, str], started: float | None = None) -> int:

@@ -104,6 +104,14 @@ class BayesLogReg(nn.Module):
                 self.features.device
             )
 
+    def measure_batch(self) -> None:
+        """Go back to the fixed batch (the first batch_size points) used for measuring."""
+        self._index = torch.arange(self.batch_size, device=self.features.device)
+
+    def batch_loss(self, n_samples: int = 0) -> Tensor:
+        """−ELBO of the current batch (scaled to the data set), exact by quadrature."""
+        return self.exact_loss(self.theta)
+
     def loss(self, estimator, n_samples: int) -> Tensor:
         theta = self.variational
         return estimator.surrogate(self, theta, n_samples).mean(0) + self.kl(theta)

@@ -83,6 +83,7 @@ class VAE(nn.Module):
         fixed = torch.Generator(device=self.data.train.device).manual_seed(0)
         n = min(self.batch_size, len(self.data.train))
         self.x = self.data.batch(torch.arange(n, device=self.data.train.device), fixed)
+        self.fixed_x = self.x
 
     # -- the latent family (subclasses) -------------------------------------------------
     @property
@@ -115,6 +116,14 @@ class VAE(nn.Module):
     # -- training and measurement -------------------------------------------------------
     def set_batch(self, x: Tensor) -> None:
         self.x = x
+
+    def measure_batch(self) -> None:
+        """Go back to the fixed minibatch on which variances are measured."""
+        self.x = self.fixed_x
+
+    def batch_loss(self, n_samples: int) -> Tensor:
+        """Minibatch −ELBO (exact where the latents enumerate, else from n_samples draws)."""
+        return self._elbo_terms(n_samples).mean()
 
     def next_batch(self, generator: torch.Generator) -> None:
         """Draw a fresh training minibatch (uniformly, without replacement)."""
