@@ -26,3 +26,25 @@ demo: setup
 
 lint: setup
 	$(BIN)/ruff check . && $(BIN)/ruff format --check .
+
+# Speed regression suite (benchmarks/speed, pytest-benchmark; README "Speed regression suite").
+# Baselines are saved under .benchmarks/ (git-ignored: timings belong to one machine).
+BENCH_THRESHOLD ?= 25%
+
+.PHONY: bench bench-save bench-compare bench-quick
+
+## bench: run the speed suite, print the tables and the target ratios (a few minutes)
+bench: setup
+	$(BIN)/pytest benchmarks/speed
+
+## bench-save: run the speed suite and save it as the baseline (.benchmarks/*/NNNN_baseline.json)
+bench-save: setup
+	$(BIN)/pytest benchmarks/speed --benchmark-save=baseline
+
+## bench-compare: fail if a median got more than BENCH_THRESHOLD slower than the latest baseline
+bench-compare: setup
+	BENCH_THRESHOLD=$(BENCH_THRESHOLD) PYTEST=$(BIN)/pytest benchmarks/speed/compare.sh
+
+## bench-quick: every benchmark run once, untimed (CI: the suite cannot rot)
+bench-quick: setup
+	$(BIN)/pytest benchmarks/speed -q --benchmark-disable

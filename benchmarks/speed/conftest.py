@@ -1,0 +1,83 @@
+"""Settings of the speed suite: threads, device, seeds, and the table of target ratios.
+
+Environment variables (the suite has no Hydra config; these play its role):
+    GRADBENCH_BENCH_THREADS  torch intra-op threads (default 2, the CI machine's cores)
+    GRADBENCH_BENCH_DEVICE   cpu (default) or cuda; on cuda every timed call ends with
+                             torch.cuda.synchronize(), so kernels are timed, not queued
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+from collections import defaultdict
+
+import pytest
+import torch
+
+THREADS = int(os.environ.get("GRADBENCH_BENCH_THREADS", "2"))
+DEVICE = torch.device(os.environ.get("GRADBENCH_BENCH_DEVICE", "cpu"))
+
+# (numerator, denominator, target): a ratio of median times the issue sets a target for.
+TARGETS = {
+    "loop / batched": ("loop", "batched", ">= 20"),
+    "batched / floor": ("batched", "floor", "<= 1.5"),
+    "library / plain": ("library", "plain", "<= 1"),
+}
+
+
+def pytest_configure(config):
+    torch.set_num_threads(THREADS)
+
+
+@pytest.fixture(autouse=True)
+def _fixed_threads_and_seed():
+    torch.set_num_threads(THREADS)
+    torch.manual_seed(0)
+    yield
+
+
+def pytest_benchmark_update_machine_info(config, machine_info):
+    cpu = machine_info.setdefault("cpu", {})
+    cpu.setdefault("brand_raw", platform.processor())
+    machine_info["torch"] = torch.__version__
+    machine_info["torch_threads"] = THREADS
+    machine_info["device"] = str(DEVICE)
+
+
+def ratio_rows(benchmarks) -> list[tuple[str, str, str, str, float, str]]:
+    """Pair each library benchmark with its reference: (what, toy, estimator, size, ratio,
+    target), from the ``extra_info`` every benchmark in ``test_speed.py`` carries."""
+    medians = defaultdict(dict)  # (comparison, toy, estimator, size) -> role -> median
+    for bench in benchmarks:
+        info = bench.extra_info
+        if "role" not in info or not bench.stats:
+            continue
+        key = (info["comparison"], info["toy"], info["estimator"], info["size"])
+        medians[key][info["role"]] = bench.stats.median
+    rows = []
+    for (comparison, toy, estimator, size), by_role in sorted(medians.items()):
+        top, bottom, target = TARGETS[comparison]
+        if top in by_role and bottom in by_role:
+            ratio = by_role[top] / by_role[bottom]
+            rows.append((comparison, toy, estimator, size, ratio, target))
+    return rows
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_terminal_summary(terminalreporter, config):
+    session = getattr(config, "_benchmarksession", None)
+    rows = ratio_rows(getattr(session, "benchmarks", []) or [])
+    if not rows:
+        return
+    tr = terminalreporter
+    tr.section("gradbench speed targets (ratios of medians)", sep="-")
+    tr.write_line(f"threads={THREADS} device={DEVICE} torch={torch.__version__}")
+    tr.write_line(f"{'ratio':<16} {'toy':<20} {'estimator':<18} {'size':<14} {'value':>8}  target")
+    for comparison, toy, estimator, size, ratio, target in rows:
+        bound = float(target.split()[1])
+        met = ratio >= bound if target.startswith(">=") else ratio <= bound
+        tr.write_line(
+            f"{comparison:<16} {toy:<20} {estimator:<18} {size:<14} {ratio:>8.2f}  "
+            f"{target}{'' if met else '  (missed)'}"
+        )

@@ -1,0 +1,209 @@
+"""Hand-written references the library is timed against.
+
+Two kinds, both written without any gradbench abstraction:
+
+- ``plain_estimate``: one gradient estimate the straightforward way a user would write it
+  (a ``torch.distributions`` object, a surrogate, ``torch.autograd.grad``). The library's
+  ``estimate_gradient`` should cost no more.
+- ``fused_replicates``: the floor. The same ``R`` replicate estimates that
+  ``replicate_gradients`` computes, as one fused expression with the score function
+  written out analytically (no autograd, no distribution objects). No generic
+  implementation can beat it by much; the library should stay within a small factor.
+
+Both are keyed by toy name and estimator name and use the toys' default settings
+(conf/objective/*.yaml): they are checked against the library in ``test_references.py``.
+Noise is drawn as [N, R] (sample dimension first), as ``torch.distributions`` draws it, so
+the Gaussian floors see the very same numbers as the library under the same seed.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+from torch.distributions import Bernoulli, Categorical, Normal
+
+# --- the toys in plain torch -------------------------------------------------------------
+# Each toy: its distribution from theta [*batch, D], its cost f(x), and (for Gaussians) f'(x).
+
+
+REWARDS = torch.tensor([1.0, 0.0, -1.0])
+
+
+def _gaussian(theta):
+    return Normal(theta[..., 0], theta[..., 1])
+
+
+PLAIN_TOYS = {
+    "gaussian_quadratic": (_gaussian, lambda x: x**2),
+    "gaussian_cosine": (_gaussian, torch.cos),
+    "bernoulli_threshold": (lambda t: Bernoulli(logits=t[..., 0]), lambda b: (b - 0.45) ** 2),
+    "categorical_linear": (lambda t: Categorical(logits=t), lambda z: REWARDS[z]),
+}
+GAUSSIAN_COSTS = {  # f and f' for the Gaussian toys, for the pathwise floor
+    "gaussian_quadratic": (lambda x: x * x, lambda x: 2.0 * x),
+    "gaussian_cosine": (torch.cos, lambda x: -torch.sin(x)),
+}
+REFERENCE_ESTIMATORS = ("reinforce", "reinforce_loo", "reinforce_ema", "reinforce_optimal")
+REFERENCE_ESTIMATORS_PATHWISE = ("reparam",)
+
+
+def has_reference(toy: str, estimator: str) -> bool:
+    """Whether this module has a plain implementation and a floor for the pair."""
+    if estimator in REFERENCE_ESTIMATORS:
+        return toy in PLAIN_TOYS
+    return estimator in REFERENCE_ESTIMATORS_PATHWISE and toy in GAUSSIAN_COSTS
+
+
+# --- one estimate, written plainly -------------------------------------------------------
+
+
+class PlainEstimate:
+    """One gradient estimate of ``estimator`` on ``toy``, the way one would write it inline.
+
+    ``reinforce_ema`` keeps its moving average here, as the library does.
+    """
+
+    def __init__(self, toy: str, estimator: str, decay: float = 0.9):
+        self.dist_fn, self.cost_fn = PLAIN_TOYS[toy]
+        self.estimator = estimator
+        self.decay = decay
+        self.average = None
+
+    def __call__(self, theta: Tensor, n: int) -> Tensor:
+        theta = theta.detach().requires_grad_(True)
+        if self.estimator == "reparam":
+            x = self.dist_fn(theta).rsample((n,))
+            (grad,) = torch.autograd.grad(self.cost_fn(x).mean(), theta)
+            return grad
+        dist = self.dist_fn(theta)
+        x = dist.sample((n,))
+        f = self.cost_fn(x)
+        if self.estimator == "reinforce_optimal":
+            return self._optimal(theta, n, x, f)
+        if self.estimator == "reinforce":
+            weight = f
+        elif self.estimator == "reinforce_loo":
+            weight = f - (f.sum() - f) / (n - 1)
+        elif self.estimator == "reinforce_ema":
+            baseline = 0.0 if self.average is None else self.average
+            mean = f.mean()
+            self.average = (
+                mean
+                if self.average is None
+                else self.decay * self.average + (1 - self.decay) * mean
+            )
+            weight = f - baseline
+        else:
+            raise ValueError(f"no plain implementation of {self.estimator}")
+        (grad,) = torch.autograd.grad((weight * dist.log_prob(x)).mean(), theta)
+        return grad
+
+    def _optimal(self, theta, n, x, f):
+        # Per-sample scores from one backward over per-sample copies of theta, for the
+        # estimate's samples and for n fresh ones that fit b_k = E[f s_k²] / E[s_k²].
+        x_extra = self.dist_fn(theta.detach()).sample((n,))
+        xs = torch.cat([x, x_extra])
+        copies = theta.detach().expand(2 * n, *theta.shape).clone().requires_grad_(True)
+        log_p = self.dist_fn(copies).log_prob(xs)  # [2N]
+        (scores,) = torch.autograd.grad(log_p.sum(), copies)  # [2N, D]
+        score, score_extra = scores[:n], scores[n:]
+        sq = score_extra.square()
+        b = (self.cost_fn(x_extra)[:, None] * sq).sum(0) / sq.sum(0)
+        return ((f[:, None] - b) * score).mean(0)
+
+
+# --- the floor: R replicate estimates in one fused expression ---------------------------
+
+
+def _combine(estimator, f, scores, extra, ema_baseline):
+    """Replicate estimates [R, D] from costs f [N, R] and per-coordinate scores [N, R] each.
+
+    ``extra`` = (f_extra, squared scores of the extra draws), for the optimal baseline.
+    """
+    n = f.shape[0]
+    if estimator == "reinforce":
+        weight = f
+    elif estimator == "reinforce_loo":
+        weight = (n * f - f.sum(0)) / (n - 1)
+    elif estimator == "reinforce_ema":
+        weight = f - ema_baseline
+    elif estimator == "reinforce_optimal":
+        f_extra, squares = extra
+        grads = []
+        for s, sq in zip(scores, squares, strict=True):
+            b = (f_extra * sq).sum(0) / sq.sum(0)  # [R]
+            grads.append((f * s).mean(0) - b * s.mean(0))
+        return torch.stack(grads, -1)
+    else:
+        raise ValueError(f"no floor for {estimator}")
+    return torch.stack([(weight * s).mean(0) for s in scores], -1)
+
+
+def fused_replicates(
+    toy: str, estimator: str, theta: Tensor, n: int, r: int, ema_baseline: float = 0.0
+) -> Tensor:
+    """``r`` independent estimates [r, D] from ``n`` draws each, with analytic scores."""
+    shape = (n, r)
+    if toy in GAUSSIAN_COSTS:
+        mu, sigma = float(theta[0]), float(theta[1])
+        cost, dcost = GAUSSIAN_COSTS[toy]
+        eps = torch.randn(shape, dtype=theta.dtype, device=theta.device)
+        x = torch.add(mu, eps, alpha=sigma)
+        if estimator == "reparam":
+            slope = dcost(x)
+            return torch.stack([slope.mean(0), (slope * eps).mean(0)], -1)
+        f = cost(x)
+        # Scores of N(mu, sigma²): eps / sigma and (eps² − 1) / sigma.
+        scores = (eps / sigma, (eps * eps - 1) / sigma)
+        extra = None
+        if estimator == "reinforce_optimal":
+            eps_e = torch.randn(shape, dtype=theta.dtype, device=theta.device)
+            sq = eps_e * eps_e
+            extra = (cost(torch.add(mu, eps_e, alpha=sigma)), (sq, (sq - 1) ** 2))
+        return _combine(estimator, f, scores, extra, ema_baseline)
+    if toy == "bernoulli_threshold":
+        p = torch.sigmoid(theta[0])
+        b = (torch.rand(shape, dtype=theta.dtype, device=theta.device) < p).to(theta.dtype)
+        f = (b - 0.45) ** 2
+        extra = None
+        if estimator == "reinforce_optimal":
+            b_e = (torch.rand(shape, dtype=theta.dtype, device=theta.device) < p).to(theta.dtype)
+            extra = ((b_e - 0.45) ** 2, ((b_e - p) ** 2,))
+        return _combine(estimator, f, (b - p,), extra, ema_baseline)
+    if toy == "categorical_linear":
+        return _categorical(estimator, theta, n, r, ema_baseline)
+    raise ValueError(f"no floor for {toy}")
+
+
+def _categorical(estimator, logits, n, r, ema_baseline):
+    # Score of z for logit k: 1[z = k] − p_k. Sums of f·1[z = k] are scatter-adds, so the
+    # one-hot [N, R, K] is never built.
+    rewards = REWARDS.to(logits.device, logits.dtype)
+    p = torch.softmax(logits, -1)
+    k = p.shape[-1]
+
+    def draw():
+        z = torch.multinomial(p.expand(r, k), n, replacement=True)  # [R, N]
+        return z, rewards[z]
+
+    def per_category(z, w):  # Σ_i w_i 1[z_i = k] -> [R, K]
+        return torch.zeros(r, k, dtype=w.dtype, device=w.device).scatter_add_(1, z, w)
+
+    z, f = draw()
+    if estimator == "reinforce_optimal":
+        # Σ f s_k² = (1 − 2p_k) Σ_{z=k} f + p_k² Σ f;  Σ s_k² = (1 − 2p_k) #{z=k} + N p_k².
+        z_e, f_e = draw()
+        numerator = (1 - 2 * p) * per_category(z_e, f_e) + p**2 * f_e.sum(1, keepdim=True)
+        denominator = (1 - 2 * p) * per_category(z_e, torch.ones_like(f_e)) + n * p**2
+        b = numerator / denominator  # [R, K]
+        counts = per_category(z, torch.ones_like(f))
+        return (per_category(z, f) - p * f.sum(1, keepdim=True) - b * (counts - n * p)) / n
+    if estimator == "reinforce":
+        w = f
+    elif estimator == "reinforce_loo":
+        w = (n * f - f.sum(1, keepdim=True)) / (n - 1)
+    elif estimator == "reinforce_ema":
+        w = f - ema_baseline
+    else:
+        raise ValueError(f"no floor for {estimator}")
+    return (per_category(z, w) - p * w.sum(1, keepdim=True)) / n

@@ -1,0 +1,54 @@
+"""The references compute what the library computes (no timing here).
+
+Under one seed the plain implementations and the floors draw the same random numbers as
+the library, so they must agree to rounding; only the Bernoulli floor draws its own
+uniforms and is compared in distribution.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from benchmarks.speed import reference
+from benchmarks.speed.cases import make_estimator, make_toy, pairs
+from estimators import estimate_gradient, replicate_gradients
+
+CASES = [c for c in pairs(10) if reference.has_reference(*c)]
+IDS = [f"{t}-{e}" for t, e in CASES]
+
+
+@pytest.mark.parametrize(("toy", "estimator"), CASES, ids=IDS)
+def test_plain_matches_library(toy, estimator):
+    obj = make_toy(toy, torch.device("cpu"))
+    est, plain = make_estimator(estimator), reference.PlainEstimate(toy, estimator)
+    for seed in range(3):  # several calls, so that moving averages are compared too
+        torch.manual_seed(seed)
+        expected = estimate_gradient(est, obj, obj.theta, 10)
+        torch.manual_seed(seed)
+        torch.testing.assert_close(plain(obj.theta, 10), expected)
+
+
+@pytest.mark.parametrize(("toy", "estimator"), CASES, ids=IDS)
+def test_floor_matches_library(toy, estimator):
+    obj = make_toy(toy, torch.device("cpu"))
+    obj.theta = obj.theta.double()
+    est = make_estimator(estimator)
+    est_value = None
+    if estimator == "reinforce_ema":
+        for _ in range(5):
+            estimate_gradient(est, obj, obj.theta, 10)
+        est_value = float(est.baseline.value)
+    n, r = 10, 4000
+    torch.manual_seed(0)
+    expected = replicate_gradients(est, obj, obj.theta, n, r)
+    torch.manual_seed(0)
+    floor = reference.fused_replicates(toy, estimator, obj.theta, n, r, est_value or 0.0)
+    assert floor.shape == expected.shape
+    if toy != "bernoulli_threshold":
+        torch.testing.assert_close(floor, expected)
+        return
+    # Different uniforms: means within 5 standard errors, variances within 15%.
+    se = (expected.var(0) / r + floor.var(0) / r).sqrt()
+    assert ((floor.mean(0) - expected.mean(0)).abs() < 5 * se).all()
+    assert ((floor.var(0) / expected.var(0) - 1).abs() < 0.15).all()

@@ -1,0 +1,140 @@
+"""The speed regression suite (pytest-benchmark). Run: ``make bench`` (README, "Speed").
+
+Groups pair the library with the reference it is judged against, so each group's table
+shows the ratio in its relative column, and the summary at the end lists the target ratios:
+
+    estimate TOY N=n            one ``estimate_gradient`` (library) vs ``test_plain``, the
+                                same estimator written inline (distribution + surrogate +
+                                ``torch.autograd.grad``)
+    replicates TOY R=1000 N=10  ``replicate_gradients`` (batched) vs ``test_loop``, a Python
+                                loop of single estimates (what batching replaces)
+    replicates TOY R=1000 N=1000  batched vs ``test_floor``, the same replicate estimates as
+                                one fused expression with analytic scores
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from benchmarks.speed import reference
+from benchmarks.speed.cases import make_estimator, make_toy, pairs, synchronized
+from benchmarks.speed.conftest import DEVICE
+from estimators import estimate_gradient, replicate_gradients
+
+SIZES = (10, 1000)
+REPLICATES = 1000
+WARMUP_STEPS = 10  # as measure_variance: warms moving-average baselines
+
+
+def _ids(cases):
+    return [f"{toy}-{estimator}" for toy, estimator, *_ in cases]
+
+
+ESTIMATE_CASES = [(t, e, n) for n in SIZES for t, e in pairs(n)]
+ESTIMATE_IDS = [f"{t}-{e}-N{n}" for t, e, n in ESTIMATE_CASES]
+PLAIN_CASES = [c for c in ESTIMATE_CASES if reference.has_reference(c[0], c[1])]
+PLAIN_IDS = [f"{t}-{e}-N{n}" for t, e, n in PLAIN_CASES]
+LOOP_CASES = pairs(10)
+LARGE_CASES = pairs(1000)
+FLOOR_CASES = [c for c in LARGE_CASES if reference.has_reference(*c)]
+
+
+def _setup(benchmark, toy, estimator, group, **info):
+    benchmark.group = group
+    benchmark.extra_info.update(toy=toy, estimator=estimator, **info)
+    objective = make_toy(toy, DEVICE)
+    est = make_estimator(estimator)
+    for _ in range(WARMUP_STEPS):
+        estimate_gradient(est, objective, objective.theta, 10)
+    return est, objective
+
+
+def _run(benchmark, fn):
+    return benchmark(synchronized(fn, DEVICE))
+
+
+# --- one estimate -------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("toy", "estimator", "n"), ESTIMATE_CASES, ids=ESTIMATE_IDS)
+def test_estimate(benchmark, toy, estimator, n):
+    est, obj = _setup(
+        benchmark, toy, estimator, f"estimate {toy} N={n}",
+        comparison="library / plain", role="library", size=f"N={n}",
+    )  # fmt: skip
+    grad = _run(benchmark, lambda: estimate_gradient(est, obj, obj.theta, n))
+    assert grad.shape == obj.theta.shape
+
+
+@pytest.mark.parametrize(("toy", "estimator", "n"), PLAIN_CASES, ids=PLAIN_IDS)
+def test_plain(benchmark, toy, estimator, n):
+    _, obj = _setup(
+        benchmark, toy, estimator, f"estimate {toy} N={n}",
+        comparison="library / plain", role="plain", size=f"N={n}",
+    )  # fmt: skip
+    plain = reference.PlainEstimate(toy, estimator)
+    for _ in range(WARMUP_STEPS):
+        plain(obj.theta, 10)
+    grad = _run(benchmark, lambda: plain(obj.theta, n))
+    assert grad.shape == obj.theta.shape
+
+
+# --- R replicates at N=10: batched vs the Python loop ----------------------------------------
+
+
+@pytest.mark.parametrize(("toy", "estimator"), LOOP_CASES, ids=_ids(LOOP_CASES))
+def test_batched(benchmark, toy, estimator):
+    est, obj = _setup(
+        benchmark, toy, estimator, f"replicates {toy} R={REPLICATES} N=10",
+        comparison="loop / batched", role="batched", size=f"R={REPLICATES} N=10",
+    )  # fmt: skip
+    grads = _run(benchmark, lambda: replicate_gradients(est, obj, obj.theta, 10, REPLICATES))
+    assert grads.shape == (REPLICATES, *obj.theta.shape)
+
+
+@pytest.mark.parametrize(("toy", "estimator"), LOOP_CASES, ids=_ids(LOOP_CASES))
+def test_loop(benchmark, toy, estimator):
+    est, obj = _setup(
+        benchmark, toy, estimator, f"replicates {toy} R={REPLICATES} N=10",
+        comparison="loop / batched", role="loop", size=f"R={REPLICATES} N=10",
+    )  # fmt: skip
+
+    # Untimed (--benchmark-disable, the CI smoke run) a short loop shows it still works.
+    replicates = 10 if benchmark.disabled else REPLICATES
+
+    def loop():
+        return torch.stack([estimate_gradient(est, obj, obj.theta, 10) for _ in range(replicates)])
+
+    grads = _run(benchmark, loop)
+    assert grads.shape == (replicates, *obj.theta.shape)
+
+
+# --- R replicates at N=1000: batched vs the fused floor --------------------------------------
+
+
+@pytest.mark.parametrize(("toy", "estimator"), LARGE_CASES, ids=_ids(LARGE_CASES))
+def test_batched_large(benchmark, toy, estimator):
+    est, obj = _setup(
+        benchmark, toy, estimator, f"replicates {toy} R={REPLICATES} N=1000",
+        comparison="batched / floor", role="batched", size=f"R={REPLICATES} N=1000",
+    )  # fmt: skip
+    grads = _run(benchmark, lambda: replicate_gradients(est, obj, obj.theta, 1000, REPLICATES))
+    assert grads.shape == (REPLICATES, *obj.theta.shape)
+
+
+@pytest.mark.parametrize(("toy", "estimator"), FLOOR_CASES, ids=_ids(FLOOR_CASES))
+def test_floor(benchmark, toy, estimator):
+    est, obj = _setup(
+        benchmark, toy, estimator, f"replicates {toy} R={REPLICATES} N=1000",
+        comparison="batched / floor", role="floor", size=f"R={REPLICATES} N=1000",
+    )  # fmt: skip
+    # The moving average the library would subtract after its warm-up.
+    ema = getattr(getattr(est, "baseline", None), "value", None)
+    ema = 0.0 if ema is None else float(ema)
+
+    def floor():
+        return reference.fused_replicates(toy, estimator, obj.theta, 1000, REPLICATES, ema)
+
+    grads = _run(benchmark, floor)
+    assert grads.shape == (REPLICATES, *obj.theta.shape)
