@@ -67,12 +67,18 @@ STYLE = {
 }
 PANEL = (3.0, 2.4)  # inches per panel
 MARKERS = ["o", "s", "D", "^", "v", "P", "X", "*", "<", ">"]
-# Names another job may give to the columns of train.parquet, most specific first.
-TRAIN_VALUE_COLUMNS = ["elbo", "eval_elbo", "test_elbo", "train_elbo", "objective_value", "value",
-                       "loss"]  # fmt: skip
-TRAIN_LOG10_VAR_COLUMNS = ["log10_var", "grad_log10_var", "log10_var_grad", "log10_grad_var"]
+# Columns of a training log (benchmarks/train.py writes train.parquet) that can be drawn
+# against wall-clock time, preferred first, and their axis labels.
+TRAIN_VALUE_COLUMNS = ["heldout_elbo", "train_elbo", "elbo", "optimality_gap", "loss"]
+TRAIN_VALUE_LABELS = {
+    "heldout_elbo": "held-out ELBO (nats)",
+    "train_elbo": "training ELBO (nats)",
+    "elbo": "ELBO (nats)",
+    "optimality_gap": "L(θ) − inf L",
+    "loss": "loss",
+}
+TRAIN_LOG10_VAR_COLUMNS = ["log10_var", "grad_log10_var", "log10_var_grad"]
 TRAIN_VAR_COLUMNS = ["var_grad", "grad_var"]
-TRACKED_COLUMNS = ["tracked_estimator", "tracked", "track"]
 
 
 def styled(fn: Callable[..., Figure | None]) -> Callable[..., Figure | None]:
@@ -91,7 +97,7 @@ def styled(fn: Callable[..., Figure | None]) -> Callable[..., Figure | None]:
 
 def completed(records: pd.DataFrame) -> pd.DataFrame:
     """Rows of cells that measured something: status ``ok`` and a finite variance."""
-    if records.empty or "status" not in records:
+    if records.empty or "status" not in records or "var_grad" not in records:
         return records.iloc[0:0]
     ok = (records["status"] == "ok") & np.isfinite(records["var_grad"].astype(float))
     return records[ok]
@@ -298,6 +304,8 @@ def _finish(fig: Figure, axes: list, title: str, notes: Sequence[str] = (), lege
 
 
 def _log_safe(frame: pd.DataFrame, column: str) -> pd.DataFrame:
+    if column not in frame:
+        return frame.iloc[0:0]
     values = frame[column].astype(float)
     return frame[np.isfinite(values) & (values > 0)]
 
@@ -394,6 +402,8 @@ def fig_bias(records: pd.DataFrame) -> Figure | None:
     """Bias ± 2 se per estimator, a panel per objective and gradient coordinate, a colour
     per n_samples. Estimators whose records say they are biased carry a ``*``."""
     data = completed(records)
+    if data.empty or "bias" not in data:
+        return None
     data = data[np.isfinite(data["bias"].astype(float))]
     if data.empty:
         return None
@@ -454,8 +464,9 @@ def fig_time_per_estimate(records: pd.DataFrame) -> Figure | None:
 def fig_work_normalized_variance(records: pd.DataFrame) -> Figure | None:
     """Variance × time per estimate (lower is better per second of compute) against
     n_samples, a panel per objective and gradient coordinate."""
-    data = completed(records)
-    data = data[np.isfinite(data["time_per_estimate_s"].astype(float))]
+    data = _log_safe(completed(records), "time_per_estimate_s")
+    if data.empty:
+        return None
     data = _log_safe(data.assign(_wnv=data["var_grad"] * data["time_per_estimate_s"]), "_wnv")
     if data.empty:
         return None
@@ -492,77 +503,125 @@ def _first_column(frame: pd.DataFrame, names: Sequence[str]) -> str | None:
     return None
 
 
-def _train_log10_var(train: pd.DataFrame) -> tuple[pd.DataFrame, str | None]:
-    if train.empty or "step" not in train or "estimator" not in train:
-        return train, None
-    column = _first_column(train, TRAIN_LOG10_VAR_COLUMNS)
+def training_records(records: pd.DataFrame) -> pd.DataFrame:
+    """Variance records measured during training (``task = train``, with a ``step``)."""
+    if records.empty or "step" not in records or "task" not in records:
+        return records.iloc[0:0]
+    rows = records[(records["task"] == "train") & records["step"].notna()]
+    return _log_safe(completed(rows), "var_grad")
+
+
+def variance_records(records: pd.DataFrame) -> pd.DataFrame:
+    """Records of variance measurements at fixed parameters: everything but training's."""
+    if records.empty or "task" not in records:
+        return records
+    return records[records["task"] != "train"]
+
+
+def _variance_along_training(frame: pd.DataFrame) -> tuple[pd.DataFrame, str, list[str]]:
+    """(rows, hue column, panel columns) with a ``log10_var`` column per step.
+
+    From training records: the tracked estimators' variance, the ``all`` group for
+    models, else the mean over coordinates (as ``benchmarks.train`` logs it). From a
+    training log: its ``log10_var`` (or a raw variance column, logged).
+    """
+    if "var_grad" in frame and "param" in frame:
+        rows = frame.copy()
+        if "all" in set(rows["param"]):
+            rows = rows[rows["param"] == "all"]
+        keys = [c for c in ["objective", "train_estimator", "estimator", "run_dir", "step"]
+                if c in rows]  # fmt: skip
+        rows = rows.groupby(keys, sort=False, dropna=False)["var_grad"].mean().reset_index()
+        rows["log10_var"] = np.log10(rows["var_grad"])
+        panels = [c for c in ["objective", "train_estimator"] if c in rows]
+        return rows, "estimator", panels
+    column = _first_column(frame, TRAIN_LOG10_VAR_COLUMNS)
     if column is None:
-        raw = _first_column(train, TRAIN_VAR_COLUMNS)
+        raw = _first_column(frame, TRAIN_VAR_COLUMNS)
         if raw is None:
-            return train, None
-        train = _log_safe(train, raw)
-        train = train.assign(log10_var=np.log10(train[raw].astype(float)))
+            return frame.iloc[0:0], "estimator", []
+        frame = _log_safe(frame, raw)
+        frame = frame.assign(log10_var=np.log10(frame[raw].astype(float)))
         column = "log10_var"
-    return train[np.isfinite(train[column])], column
+    rows = frame[np.isfinite(frame[column].astype(float))].assign(log10_var=frame[column])
+    return rows, "estimator", [c for c in ["objective"] if c in rows]
 
 
 @styled
-def fig_train_variance(train: pd.DataFrame) -> Figure | None:
-    """Gradient log10-variance during training against step, a line per estimator (mean
-    over runs, 95% bootstrap band), a panel per objective (and trained estimator, where
-    other estimators' variance was tracked at the same parameters)."""
-    data, column = _train_log10_var(train)
-    if column is None or data.empty:
+def fig_train_variance(frame: pd.DataFrame) -> Figure | None:
+    """Gradient log10-variance against training step, a line per estimator (mean over runs,
+    95% bootstrap band), a panel per objective and trained estimator.
+
+    ``frame`` is either the records of training runs (``training_records``: every tracked
+    estimator measured at the same parameters) or a training log (``train.parquet``).
+    """
+    if frame.empty or "step" not in frame or "estimator" not in frame:
         return None
-    tracked = next((c for c in TRACKED_COLUMNS if c in data), None)
-    hue = tracked or "estimator"
-    panel_keys = [c for c in ["objective"] if c in data] + (["estimator"] if tracked else [])
-    styles = estimator_styles(data.assign(estimator=data[hue]))
-    panels = list(data.groupby(panel_keys, sort=False)) if panel_keys else [((""), data)]
-    fig, axes = _grid(len(panels))
+    data, hue, panel_keys = _variance_along_training(frame)
+    data = data[np.isfinite(data["log10_var"])] if len(data) else data
+    if data.empty:
+        return None
+    styles = estimator_styles(data)
+    panels = list(data.groupby(panel_keys, sort=False)) if panel_keys else [("", data)]
+    fig, axes = _grid(len(panels), max_cols=3)
     for ax, (key, panel) in zip(axes, panels, strict=True):
         key = key if isinstance(key, tuple) else (key,)
-        for name in ordered_estimators(panel.assign(estimator=panel[hue])):
+        for name in ordered_estimators(panel):
             rows = panel[panel[hue] == name]
             color, marker = styles[name]
-            sns.lineplot(rows, x="step", y=column, ax=ax, color=color, label=name,
-                         errorbar=("ci", 95), seed=0, lw=1.2)  # fmt: skip
-        ax.set(title=" / trained with ".join(str(k) for k in key))
+            sns.lineplot(rows, x="step", y="log10_var", ax=ax, color=color, label=name,
+                         marker=marker, ms=4, errorbar=("ci", 95), seed=0, lw=1.2)  # fmt: skip
+        title = str(key[0]) if key != ("",) else ""
+        if len(key) > 1:
+            title += f"\ntrained with {key[1]}"
+        ax.set(title=title)
         if ax.get_legend():
             ax.get_legend().remove()
-    _label(axes, "training step", "log10 gradient variance")
-    return _finish(fig, axes, "Gradient variance during training")
+    _label(axes, "training step", "log10 variance of one estimate")
+    return _finish(fig, axes, "Gradient variance along the training trajectory")
+
+
+def _train_value_column(train: pd.DataFrame) -> str | None:
+    return _first_column(train, TRAIN_VALUE_COLUMNS)
 
 
 @styled
 def fig_train_objective_vs_time(train: pd.DataFrame) -> Figure | None:
-    """Training objective (ELBO) against wall-clock seconds, one line per run, coloured by
-    estimator, a panel per objective: progress per second of compute."""
+    """Training objective (held-out ELBO for models, L(θ) − inf L for toys) against
+    wall-clock seconds of training, one line per run, coloured by estimator, a panel per
+    objective: progress per second of compute."""
     if train.empty or "wall_time_s" not in train or "estimator" not in train:
         return None
-    column = _first_column(train, TRAIN_VALUE_COLUMNS)
-    if column is None:
-        return None
-    data = train[np.isfinite(train[column]) & np.isfinite(train["wall_time_s"])]
-    run = "run_dir" if "run_dir" in data else None
-    data = data.drop_duplicates([c for c in [run, "step"] if c and c in data] or None)
-    if data.empty:
+    data = train
+    if "objective" in data:  # one column per objective: a model's ELBO, a toy's gap
+        chosen = {o: _train_value_column(rows) for o, rows in data.groupby("objective")}
+        data = data[data["objective"].map(chosen).notna()]
+    else:
+        chosen = {None: _train_value_column(data)}
+    if data.empty or all(c is None for c in chosen.values()):
         return None
     styles = estimator_styles(data)
-    panels = list(data.groupby("objective", sort=False)) if "objective" in data else [("", data)]
-    fig, axes = _grid(len(panels))
+    run = "run_dir" if "run_dir" in data else None
+    panels = list(data.groupby("objective", sort=False)) if "objective" in data else [(None, data)]
+    fig, axes = _grid(len(panels), max_cols=3)
     for ax, (objective, panel) in zip(axes, panels, strict=True):
+        column = chosen[objective]
+        panel = panel[np.isfinite(panel[column]) & np.isfinite(panel["wall_time_s"])]
+        sparse = panel[column].notna().mean() < 0.5  # evaluated every k steps: show markers
         for name in ordered_estimators(panel):
-            color, _ = styles[name]
+            color, marker = styles[name]
             runs = panel[panel["estimator"] == name]
             for i, (_, rows) in enumerate(runs.groupby(run, sort=False) if run else [(0, runs)]):
                 rows = rows.sort_values("wall_time_s")
                 ax.plot(rows["wall_time_s"], rows[column], color=color, lw=1.1, alpha=0.85,
+                        marker=marker if sparse else None, ms=3.5,
                         label=name if i == 0 else None)  # fmt: skip
-        ax.set(title=str(objective))
-    label = "ELBO (nats)" if "elbo" in column else column.replace("_", " ")
-    _label(axes, "wall-clock time (s)", label)
-    return _finish(fig, axes, f"Training progress against wall-clock time ({column})")
+        positive = (panel[column] > 0).all()
+        if column == "optimality_gap" and positive:
+            ax.set_yscale("log")
+        ax.set(title=str(objective or ""), ylabel=TRAIN_VALUE_LABELS.get(column, column))
+        ax.set(xlabel="training wall-clock time (s)")
+    return _finish(fig, axes, "Training progress against wall-clock time")
 
 
 # --------------------------------------------------------------------------- the report
@@ -577,6 +636,8 @@ class FigureSpec:
 
 def figure_specs(records: pd.DataFrame, train: pd.DataFrame) -> list[FigureSpec]:
     """Every figure the report knows, in page order; each may turn out to have no data."""
+    during = training_records(records)
+    records = variance_records(records)
     specs = [
         FigureSpec(
             "variance_vs_n_samples",
@@ -615,12 +676,14 @@ def figure_specs(records: pd.DataFrame, train: pd.DataFrame) -> list[FigureSpec]
         ),
         FigureSpec(
             "train_variance",
-            "Gradient log10-variance during training (mean over runs, 95% bootstrap band).",
-            lambda: fig_train_variance(train),
+            "Variance of one gradient estimate at the parameters of a training run, every "
+            "estimator measured at the same points (mean over runs, 95% bootstrap band).",
+            lambda: fig_train_variance(during if len(during) else train),
         ),
         FigureSpec(
             "train_objective_vs_time",
-            "Training objective against wall-clock time, one line per run.",
+            "Training objective against the wall-clock time spent in training steps, one "
+            "line per run: progress per second of compute.",
             lambda: fig_train_objective_vs_time(train),
         ),
     ]
@@ -672,9 +735,7 @@ def write_report(folder: str | Path, formats: Sequence[str] = (), dpi: int = 150
         write_parquet_atomic(runs.train, out / "train.parquet")
         report.files.append("train.parquet")
 
-    summary = (
-        summary_table(runs.records) if not runs.records.empty else summary_table(pd.DataFrame())
-    )
+    summary = summary_table(variance_records(runs.records))
     report.summary = summary
     summary.to_csv(out / "summary.csv", index=False)
     (out / "summary.md").write_text(summary_markdown(summary, runs))
@@ -783,23 +844,56 @@ def threshold_sentence(summary: pd.DataFrame) -> str:
 
 def summary_markdown(summary: pd.DataFrame, runs: Runs) -> str:
     """summary.md: a table per objective, then the cells and runs without results."""
-    parts = [
-        "# gradbench summary",
-        "",
+    intro = (
         "Estimators ranked by the variance of one gradient estimate (rank 1 = lowest), per "
         "objective, gradient coordinate (`param`), `n` (n_samples) and swept setting. "
         "`var × time` is the work-normalised variance (variance × seconds per estimate). "
-        + threshold_sentence(summary),
-    ]
+        + threshold_sentence(summary)
+        if len(summary)
+        else "No completed variance measurements at fixed parameters."
+    )
+    parts = ["# gradbench summary", "", intro]
     table = display_table(summary)
     for objective in summary["objective"].unique():
         parts += ["", f"## {objective}", "", _markdown(table[summary["objective"] == objective])]
+    trained = training_table(runs.train)
+    if len(trained):
+        parts += ["", "## Training runs", "", _markdown(trained)]
     missing = not_measured(runs.records)
     if len(missing):
         parts += ["", "## Cells without results", "", _markdown(missing.fillna("–"))]
     if runs.problems:
         parts += ["", "## Unreadable runs", "", _markdown(problems_frame(runs.problems))]
     return "\n".join(parts) + "\n"
+
+
+def training_table(train: pd.DataFrame) -> pd.DataFrame:
+    """Per objective and estimator: runs, steps, training seconds and the last value of the
+    training objective (mean over runs)."""
+    if train.empty or not {"objective", "estimator", "step"} <= set(train.columns):
+        return pd.DataFrame()
+    rows = []
+    for (objective, estimator), frame in train.groupby(["objective", "estimator"], sort=False):
+        column = _train_value_column(frame)
+        runs = frame.groupby("run_dir", sort=False) if "run_dir" in frame else [(0, frame)]
+        last = pd.DataFrame([run.sort_values("step").iloc[-1] for _, run in runs])
+        finals = (
+            [run.dropna(subset=[column]).sort_values("step") for _, run in runs] if column else []
+        )
+        row = {
+            "objective": objective,
+            "estimator": estimator,
+            "runs": len(last),
+            "steps": int(last["step"].max()),
+        }
+        if "wall_time_s" in last:
+            row["training time (s)"] = _fmt(float(last["wall_time_s"].mean()))
+        if column:
+            values = [float(f[column].iloc[-1]) for f in finals if len(f)]
+            row["final value"] = _fmt(float(np.mean(values))) if values else "–"
+            row["of"] = column
+        rows.append(row)
+    return pd.DataFrame(rows)
 
 
 def problems_frame(problems: Sequence[Problem]) -> pd.DataFrame:
@@ -864,6 +958,9 @@ def index_html(
         for objective in summary["objective"].unique():
             body += [f"<h3>{e(str(objective))}</h3>",
                      _html_table(table[summary["objective"] == objective])]  # fmt: skip
+    trained = training_table(runs.train)
+    if len(trained):
+        body += ["<h2>Training runs</h2>", _html_table(trained)]
     missing = not_measured(records)
     if len(missing):
         body += ["<h2>Cells without results</h2>", _html_table(missing)]
