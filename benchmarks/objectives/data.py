@@ -31,6 +31,10 @@ from torch import Tensor
 BINARIZE = ("static", "dynamic")
 
 
+class DataError(ValueError):
+    """A data file that is missing or cannot be read; the message names the path."""
+
+
 @dataclass
 class Dataset:
     """Train and test images as flat tensors in [0, 1], [N, D] and [M, D].
@@ -135,14 +139,14 @@ def mnist(
         )
     source = Path(path).expanduser()
     if not source.exists():
-        raise ValueError(f"data.path: no such file or folder: {source}")
+        raise DataError(f"data.path: no such file or folder: {source}")
     try:
         train, test = _read_images(source, test_fraction, split_seed)
-    except ValueError:
+    except DataError:
         raise
-    except (OSError, EOFError, zipfile.BadZipFile, struct.error, KeyError) as exc:
+    except (OSError, EOFError, zipfile.BadZipFile, struct.error, KeyError, ValueError) as exc:
         reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        raise ValueError(f"data.path: cannot read {source}: {reason}") from None
+        raise DataError(f"data.path: cannot read {source}: {reason}") from None
     image_shape = train.shape[1:]
     scale = 255.0 if train.dtype == np.uint8 or train.max(initial=0) > 1 else 1.0
     flat = [a.reshape(len(a), -1).astype(np.float32) / scale for a in (train, test)]
@@ -160,14 +164,14 @@ def _read_images(source: Path, test_fraction: float, split_seed: int):
         with np.load(source, allow_pickle=False) as npz:
             missing = [k for k in ("x_train", "x_test") if k not in npz.files]
             if missing:
-                raise ValueError(
+                raise DataError(
                     f"data.path: {source} has arrays {sorted(npz.files)}; "
                     "expected x_train and x_test"
                 )
             train, test = npz["x_train"], npz["x_test"]
         for name, array in (("x_train", train), ("x_test", test)):
             if array.ndim < 2 or len(array) == 0:
-                raise ValueError(
+                raise DataError(
                     f"data.path: {source}: {name} must be a non-empty array of images, "
                     f"got shape {array.shape}"
                 )
@@ -180,7 +184,7 @@ def _find_idx(folder: Path, prefix: str) -> Path:
         for candidate in (folder / name, folder / f"{name}.gz"):
             if candidate.is_file():
                 return candidate
-    raise ValueError(f"data.path: no {prefix}-idx3-ubyte[.gz] file in folder {folder}")
+    raise DataError(f"data.path: no {prefix}-idx3-ubyte[.gz] file in folder {folder}")
 
 
 @functools.lru_cache(maxsize=4)
@@ -189,17 +193,17 @@ def _read_idx_cached(path: str, mtime: float) -> np.ndarray:
     with opener(path, "rb") as handle:
         raw = handle.read()
     if len(raw) < 4 or raw[0] != 0 or raw[1] != 0:
-        raise ValueError(f"data.path: {path} is not an IDX file (bad magic number)")
+        raise DataError(f"data.path: {path} is not an IDX file (bad magic number)")
     dtype_code, ndim = raw[2], raw[3]
     if dtype_code != 0x08 or ndim < 2:
-        raise ValueError(
+        raise DataError(
             f"data.path: {path} is not an IDX file of unsigned-byte images "
             f"(type 0x{dtype_code:02x}, {ndim} dimensions)"
         )
     shape = struct.unpack(f">{ndim}I", raw[4 : 4 + 4 * ndim])
     body = raw[4 + 4 * ndim :]
     if len(body) != int(np.prod(shape)) or shape[0] == 0:
-        raise ValueError(
+        raise DataError(
             f"data.path: {path} is truncated or malformed: header says {shape}, "
             f"found {len(body)} bytes of pixels"
         )
