@@ -26,8 +26,19 @@ TARGETS = {
 }
 
 
+# pytest-benchmark's default of up to 1 s per benchmark makes the suite take ~10 minutes;
+# a quarter of a second (still at least 5 rounds) keeps it to a few. A value given on the
+# command line or in PYTEST_ADDOPTS wins.
+DEFAULT_MAX_TIME = "0.25"
+
+
 def pytest_configure(config):
     torch.set_num_threads(THREADS)
+    given = [*config.invocation_params.args, *os.environ.get("PYTEST_ADDOPTS", "").split()]
+    if hasattr(config.option, "benchmark_max_time") and not any(
+        a.startswith("--benchmark-max-time") for a in given
+    ):
+        config.option.benchmark_max_time = DEFAULT_MAX_TIME
 
 
 @pytest.fixture(autouse=True)

@@ -7,9 +7,13 @@ shows the ratio in its relative column, and the summary at the end lists the tar
                                 same estimator written inline (distribution + surrogate +
                                 ``torch.autograd.grad``)
     replicates TOY R=1000 N=10  ``replicate_gradients`` (batched) vs ``test_loop``, a Python
-                                loop of single estimates (what batching replaces)
+                                loop of single estimates (what batching replaces; on
+                                ``LOOP_TOYS`` only, one continuous and one discrete toy)
     replicates TOY R=1000 N=1000  batched vs ``test_floor``, the same replicate estimates as
                                 one fused expression with analytic scores
+    model estimate MODEL N=10   one gradient of a VAE's minibatch loss w.r.t. all weights
+    model replicates vae_gaussian R=100 N=10  ``objective.replicate_gradients`` (batched)
+                                vs ``test_model_loop``, a loop of single estimates
 """
 
 from __future__ import annotations
@@ -17,8 +21,16 @@ from __future__ import annotations
 import pytest
 import torch
 
+from benchmarks.objectives.model import flat
 from benchmarks.speed import reference
-from benchmarks.speed.cases import make_estimator, make_toy, pairs, synchronized
+from benchmarks.speed.cases import (
+    MODEL_NAMES,
+    make_estimator,
+    make_model,
+    make_toy,
+    pairs,
+    synchronized,
+)
 from benchmarks.speed.conftest import DEVICE
 from estimators import estimate_gradient, replicate_gradients
 
@@ -35,7 +47,9 @@ ESTIMATE_CASES = [(t, e, n) for n in SIZES for t, e in pairs(n)]
 ESTIMATE_IDS = [f"{t}-{e}-N{n}" for t, e, n in ESTIMATE_CASES]
 PLAIN_CASES = [c for c in ESTIMATE_CASES if reference.has_reference(c[0], c[1])]
 PLAIN_IDS = [f"{t}-{e}-N{n}" for t, e, n in PLAIN_CASES]
-LOOP_CASES = pairs(10)
+LOOP_TOYS = ("gaussian_quadratic", "bernoulli_threshold")
+BATCHED_CASES = pairs(10)
+LOOP_CASES = [c for c in BATCHED_CASES if c[0] in LOOP_TOYS]
 LARGE_CASES = pairs(1000)
 FLOOR_CASES = [c for c in LARGE_CASES if reference.has_reference(*c)]
 
@@ -83,7 +97,7 @@ def test_plain(benchmark, toy, estimator, n):
 # --- R replicates at N=10: batched vs the Python loop ----------------------------------------
 
 
-@pytest.mark.parametrize(("toy", "estimator"), LOOP_CASES, ids=_ids(LOOP_CASES))
+@pytest.mark.parametrize(("toy", "estimator"), BATCHED_CASES, ids=_ids(BATCHED_CASES))
 def test_batched(benchmark, toy, estimator):
     est, obj = _setup(
         benchmark, toy, estimator, f"replicates {toy} R={REPLICATES} N=10",
@@ -138,3 +152,70 @@ def test_floor(benchmark, toy, estimator):
 
     grads = _run(benchmark, floor)
     assert grads.shape == (REPLICATES, *obj.theta.shape)
+
+
+# --- models ----------------------------------------------------------------------------------
+
+MODEL_N = 10
+MODEL_REPLICATES = 100
+MODEL_ESTIMATE_CASES = pairs(MODEL_N, MODEL_NAMES)
+# The variance path on vae_gaussian for the representative estimators; the loop of
+# measure_valued (2 decoder passes per coordinate) would take minutes by itself.
+MODEL_REPLICATE_CASES = [
+    c for c in pairs(MODEL_N, MODEL_NAMES[:1]) if c[1] in ("reinforce", "reinforce_loo", "reparam")
+]
+
+
+def _model_setup(benchmark, model, estimator, group, **info):
+    benchmark.group = group
+    benchmark.extra_info.update(toy=model, estimator=estimator, **info)
+    objective = make_model(model, DEVICE)
+    est = make_estimator(estimator)
+    params = [p for p in objective.parameters() if p.requires_grad]
+
+    def one_estimate():
+        return flat(torch.autograd.grad(objective.loss(est, MODEL_N), params))
+
+    for _ in range(WARMUP_STEPS):
+        one_estimate()
+    return est, objective, one_estimate
+
+
+@pytest.mark.parametrize(
+    ("model", "estimator"), MODEL_ESTIMATE_CASES, ids=_ids(MODEL_ESTIMATE_CASES)
+)
+def test_model_estimate(benchmark, model, estimator):
+    _, obj, one_estimate = _model_setup(
+        benchmark, model, estimator, f"model estimate {model} N={MODEL_N}"
+    )
+    grad = _run(benchmark, one_estimate)
+    assert grad.shape == (sum(p.numel() for p in obj.parameters()),)
+
+
+@pytest.mark.parametrize(
+    ("model", "estimator"), MODEL_REPLICATE_CASES, ids=_ids(MODEL_REPLICATE_CASES)
+)
+def test_model_batched(benchmark, model, estimator):
+    est, obj, _ = _model_setup(
+        benchmark, model, estimator, f"model replicates {model} R={MODEL_REPLICATES} N={MODEL_N}",
+        comparison="loop / batched", role="batched", size=f"R={MODEL_REPLICATES} N={MODEL_N}",
+    )  # fmt: skip
+    grads = _run(benchmark, lambda: obj.replicate_gradients(est, MODEL_N, MODEL_REPLICATES))
+    assert grads["encoder"].shape[0] == MODEL_REPLICATES
+
+
+@pytest.mark.parametrize(
+    ("model", "estimator"), MODEL_REPLICATE_CASES, ids=_ids(MODEL_REPLICATE_CASES)
+)
+def test_model_loop(benchmark, model, estimator):
+    _, obj, one_estimate = _model_setup(
+        benchmark, model, estimator, f"model replicates {model} R={MODEL_REPLICATES} N={MODEL_N}",
+        comparison="loop / batched", role="loop", size=f"R={MODEL_REPLICATES} N={MODEL_N}",
+    )  # fmt: skip
+    replicates = 2 if benchmark.disabled else MODEL_REPLICATES
+
+    def loop():
+        return torch.stack([one_estimate() for _ in range(replicates)])
+
+    grads = _run(benchmark, loop)
+    assert grads.shape[0] == replicates
