@@ -59,16 +59,23 @@ class MLP(nn.Module):
             self.biases.append(nn.Parameter(b.to(device, dtype)))
 
     def forward(self, x: Tensor, params: dict[str, Tensor] | None = None) -> Tensor:
+        """x [..., in] -> [..., out]; with per-replicate ``params``, x is [..., R, B, in]."""
         last = len(self.weights) - 1
+        if params is None:
+            for i in range(last + 1):
+                x = torch.matmul(x, self.weights[i]) + self.biases[i]
+                x = torch.tanh(x) if i < last else x
+            return x
+        # Replicate r's rows, from every leading index, as one matrix [R, rows, in], so
+        # each layer is one batched matmul (broadcasting would copy the weights per row).
+        replicates = params["weights.0"].shape[0]
+        x = x.movedim(-3, 0)  # [R, ..., B, in]
+        shape = x.shape[:-1]
+        x = x.reshape(replicates, -1, x.shape[-1])
         for i in range(last + 1):
-            if params is None:
-                w, b = self.weights[i], self.biases[i]
-            else:
-                w, b = params[f"weights.{i}"], params[f"biases.{i}"]
-            x = torch.matmul(x, w) + b
-            if i < last:
-                x = torch.tanh(x)
-        return x
+            x = torch.baddbmm(params[f"biases.{i}"], x, params[f"weights.{i}"])
+            x = torch.tanh(x) if i < last else x
+        return x.reshape(*shape, x.shape[-1]).movedim(0, -3)
 
     def replicated(self, replicates: int) -> dict[str, Tensor]:
         """Per-replicate copies of the parameters, each a leaf that requires grad."""
