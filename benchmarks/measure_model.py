@@ -156,6 +156,7 @@ def measure_model_variance(
     nonfinite: str = "record",
     truth: tuple | None = None,
     step: int | None = None,
+    reset: bool = True,
 ) -> pd.DataFrame:
     """Bias, variance and cost of ``estimator`` on a model at its current parameters.
 
@@ -164,6 +165,8 @@ def measure_model_variance(
             measured at the same parameters.
         step: the training step the parameters come from (None at initialisation or for
             a loaded checkpoint), recorded in the ``step`` column.
+        reset: forget the estimator's state first (moving averages, learned baselines);
+            False measures it as it is, e.g. as a training run left it.
 
     Returns:
         Rows for each of ``objective.param_groups`` and ``all``, columns ``MODEL_COLUMNS``.
@@ -181,7 +184,8 @@ def measure_model_variance(
         return torch.autograd.grad(objective.loss(estimator, n_samples), params)
 
     torch.manual_seed(seed)
-    estimator.reset()
+    if reset:
+        estimator.reset()
     stats = {"measure": math.nan, "time": math.nan, "n_finite": 0}
     mean = var = None
     try:

@@ -13,9 +13,10 @@ L(θ) for a toy; ``optimality_gap`` is L(θ) − inf L for the toys that know th
 ``heldout_elbo`` (test-set ELBO, exact for small Bernoulli latents, otherwise Monte Carlo
 with ``task.eval_samples`` draws) and ``log10_var`` (the training estimator's gradient
 variance, ``all`` group for models) are filled every ``task.eval_every`` steps, when the
-variance of the training estimator and of every estimator in ``task.track`` is measured at
-the same parameters (the same-trajectory comparison of the DisARM and REBAR papers). Those
-measurements are returned as the job's records, with a ``step`` column.
+variance of the training estimator (for a model, in the state training left it: its
+moving-average or learned baseline) and of every estimator in ``task.track`` (fresh) is
+measured at the same parameters (the same-trajectory comparison of the DisARM and REBAR
+papers). Those measurements are returned as the job's records, with a ``step`` column.
 
 Files: ``train.parquet`` (rewritten atomically at every evaluation, so a killed run keeps
 its progress) and, for models, ``checkpoint.pt`` (a ``state_dict``, loadable with
@@ -24,6 +25,7 @@ its progress) and, for models, ``checkpoint.pt`` (a ``state_dict``, loadable wit
 
 from __future__ import annotations
 
+import copy
 import math
 import os
 import sys
@@ -183,7 +185,14 @@ def train(
                     replicates=replicates, seed=seed + step, warmup_steps=warmup_steps,
                     timing_min_run_time=timing_min_run_time, nonfinite=nonfinite,
                 )  # fmt: skip
-                if is_model:
+                if is_model and name == estimator_name:
+                    # The training estimator as training left it (its baseline state), on
+                    # a copy so that measuring does not change the run.
+                    frame = measure_model_variance(
+                        copy.deepcopy(estimator), objective, truth=truth, step=step,
+                        reset=False, **kwargs,
+                    )  # fmt: skip
+                elif is_model:
                     frame = measure_model_variance(
                         tracked_estimator, objective, truth=truth, step=step, **kwargs
                     )

@@ -9,7 +9,7 @@ from estimators.base import (
     objective_with_estimator_gradient,
     replicate_gradients,
 )
-from estimators.baselines import Baseline, LeaveOneOut, MovingAverage, OptimalConstant
+from estimators.baselines import Baseline, Learned, LeaveOneOut, MovingAverage, OptimalConstant
 from estimators.measure_valued import MeasureValued
 from estimators.pathwise import Reparameterization
 from estimators.relaxed import GumbelSoftmax, StraightThrough
@@ -21,6 +21,7 @@ __all__ = [
     "DisARM",
     "Estimator",
     "GumbelSoftmax",
+    "Learned",
     "LeaveOneOut",
     "MeasureValued",
     "MovingAverage",

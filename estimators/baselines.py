@@ -117,3 +117,58 @@ class OptimalConstant(Baseline):
         denominator = score_sq.sum(0)
         # A coordinate whose score is zero on every extra sample gets b = 0.
         return (f_extra * score_sq).sum(0) / denominator.clamp_min(torch.finfo(f.dtype).tiny)
+
+
+class Learned(Baseline):
+    """b_ψ(θ): a small MLP of the distribution's parameters, fitted online to the costs.
+
+    For a model θ is the encoder's output for a data point, so b is a function of the
+    input x, as in NVIL's input-dependent baseline (Mnih & Gregor 2014); on a toy it is a
+    learned constant. Each call first computes b for the current samples, then takes
+    ``steps`` Adam steps on mean_i (f(x_i) − b_ψ(θ))² using them, so b never depends on the
+    samples it multiplies: unbiased. Like the moving average it needs warm-up calls (a
+    training run) to be useful; its output starts at the first call's mean cost.
+
+    Args:
+        hidden: width of the MLP's hidden layer.
+        lr: Adam's learning rate for ψ.
+        steps: optimisation steps per call.
+    """
+
+    def __init__(self, hidden: int = 32, lr: float = 0.01, steps: int = 1):
+        if hidden < 1 or steps < 0 or not lr > 0:
+            raise ValueError(
+                f"learned baseline needs hidden >= 1, steps >= 0 and lr > 0; "
+                f"got hidden={hidden}, steps={steps}, lr={lr}"
+            )
+        self.hidden, self.lr, self.steps = hidden, lr, steps
+        self.reset()
+
+    def reset(self) -> None:
+        self.net: torch.nn.Module | None = None
+        self.optimizer: torch.optim.Optimizer | None = None
+
+    def _build(self, theta: Tensor, f: Tensor) -> None:
+        d = theta.shape[-1]
+        self.net = torch.nn.Sequential(
+            torch.nn.Linear(d, self.hidden), torch.nn.Tanh(), torch.nn.Linear(self.hidden, 1)
+        ).to(device=theta.device, dtype=theta.dtype)
+        with torch.no_grad():
+            self.net[2].weight.zero_()
+            self.net[2].bias.fill_(float(f.detach().mean()))
+        self.optimizer = torch.optim.Adam(self.net.parameters(), lr=self.lr)
+
+    def __call__(self, objective, theta, x, f):
+        theta = theta.detach()
+        if self.net is None:
+            self._build(theta, f)
+        with torch.no_grad():
+            b = self.net(theta).squeeze(-1)  # [*batch]
+        target = f.detach()
+        with torch.enable_grad():
+            for _ in range(self.steps):
+                self.optimizer.zero_grad()
+                loss = (target - self.net(theta).squeeze(-1)).square().mean()
+                loss.backward()
+                self.optimizer.step()
+        return b
