@@ -30,7 +30,7 @@ import pandas as pd
 from hydra import compose, initialize_config_dir, initialize_config_module
 from hydra.core.global_hydra import GlobalHydra
 from hydra.core.override_parser.overrides_parser import OverridesParser
-from hydra.errors import HydraException
+from hydra.errors import HydraException, OverrideParseException
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
@@ -40,6 +40,8 @@ GROUPS = ("estimator", "objective", "task", "data", "sweep", "hydra/launcher")
 # Flags of Hydra's own command line that take a value.
 VALUE_FLAGS = {"--config-name", "-cn", "--config-dir", "-cd", "--config-path", "-cp",
                "--info", "-i", "--experimental-rerun"}  # fmt: skip
+# How type errors name the type the schema wanted.
+TYPE_NAMES = {"integer": "an integer", "float": "a number", "bool": "true or false"}
 # Sweeps up to this many cells are checked cell by cell; larger ones value by value.
 MAX_CELLS_CHECKED = 2000
 
@@ -62,6 +64,8 @@ def _hydra_context():
 def _one_line(exc: BaseException) -> str:
     """The first line of an exception and of each exception it was raised from."""
     parts = []
+    if isinstance(exc, OverrideParseException) and exc.override:
+        parts.append(f"cannot parse {exc.override!r}")
     while exc is not None:
         line = (str(exc).strip() or type(exc).__name__).splitlines()[0].strip()
         unknown = re.match(r"Could not override '(.+)'\.", line)
@@ -70,7 +74,16 @@ def _one_line(exc: BaseException) -> str:
         if line not in parts:
             parts.append(line)
         exc = exc.__cause__
-    return ": ".join(parts)
+    message = ": ".join(parts)
+    wrong_type = re.match(
+        r"Error merging override ([^=]+)=.*: Value '(.*)' (?:of type '\w+' could not be "
+        r"converted to|is not a valid) (\w+)",
+        message,
+    )
+    if wrong_type:  # OmegaConf's wording, from the schema in benchmarks/config.py
+        key, value, kind = wrong_type.groups()
+        message = f"{key} must be {TYPE_NAMES.get(kind.lower(), kind.lower())}, got {value!r}"
+    return message
 
 
 def split_args(args: Sequence[str]) -> tuple[list[str], dict[str, str], bool]:
@@ -189,6 +202,8 @@ def check_run(overrides: list[str], flags: dict[str, str], multirun: bool = Fals
     """
     config_name = flags.get("--config-name") or flags.get("-cn") or "config"
     config_dir = flags.get("--config-dir") or flags.get("-cd")
+    if config_dir is not None and not Path(config_dir).is_dir():
+        raise UsageError(f"--config-dir: no such folder: {config_dir}")
     with _hydra_context():
         if config_dir:
             overrides = [*overrides, f"hydra.searchpath=[file://{Path(config_dir).resolve()}]"]
@@ -229,7 +244,7 @@ def _plan(first, overrides, config_name, config_dir, multirun, cells) -> Plan:
     # sweep is already in the sweep folder's name (or chosen with it).
     fixed = sorted({o.key_or_group for o in parsed if not o.is_sweep_override()})
     fixed = [k for k in fixed if not k.startswith("hydra")]
-    exclude = ",".join(repr(k) for k in ["sweep", *RESULT_NEUTRAL_KEYS, *fixed])
+    exclude = ",".join(repr(k) for k in dict.fromkeys(["sweep", *RESULT_NEUTRAL_KEYS, *fixed]))
     added.append(f"hydra.job.config.override_dirname.exclude_keys=[{exclude}]")
     if str(hydra_cfg.launcher._target_).endswith(".SlurmLauncher") and not shutil.which("sbatch"):
         raise UsageError(

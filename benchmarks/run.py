@@ -8,6 +8,7 @@ raises records ``status = failed: <reason>`` and leaves the traceback in ``error
 
 from __future__ import annotations
 
+import math
 import sys
 import traceback
 from pathlib import Path
@@ -19,7 +20,7 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
 from benchmarks.config import ConfigError, build, config_hash, launcher_threads, resolve_device
-from benchmarks.measure import measure_variance
+from benchmarks.measure import RECORD_COLUMNS, measure_variance
 from benchmarks.records import (
     RECORDS,
     format_table,
@@ -69,12 +70,18 @@ def run_cell(cfg: DictConfig, estimator_name: str, objective_name: str) -> pd.Da
 
 
 def failed_records(cfg: DictConfig, estimator_name: str, objective_name: str, reason: str):
-    """One row saying a cell failed, so a sweep's records show every cell it tried."""
-    return pd.DataFrame([{
+    """One row saying a cell failed, so a sweep's records show every cell it tried.
+
+    It has every column of a measured row (statistics NaN), so readers need no special case.
+    """
+    row = dict.fromkeys(RECORD_COLUMNS, math.nan)
+    row.update({
         "objective": objective_name, "estimator": estimator_name, "task": cfg.task.name,
         "param": "all", "n_samples": cfg.n_samples, "replicates": cfg.replicates,
-        "seed": cfg.seed, "status": f"failed: {reason}",
-    }])  # fmt: skip
+        "seed": cfg.seed, "status": f"failed: {reason}", "n_finite": 0,
+        "device": str(cfg.device), "dtype": str(cfg.dtype), "torch_version": torch.__version__,
+    })  # fmt: skip
+    return pd.DataFrame([row], columns=RECORD_COLUMNS)
 
 
 @hydra.main(version_base="1.3", config_path=config_path(), config_name="config")
