@@ -62,6 +62,10 @@ def toy_infimum(objective) -> float:
         return -1.0 if objective.omega != 0 else 1.0  # omega·mu = pi, sigma -> 0
     if name == "bernoulli_threshold":
         return min(objective.target**2, (1 - objective.target) ** 2)  # p -> 0 or 1
+    if name == "bernoulli_shared":
+        # L is linear in p = sigmoid(phi): the infimum is at p -> 0 or p -> 1.
+        targets = objective.targets
+        return float(min(targets.square().sum(), (1 - targets).square().sum()))
     if name == "categorical_linear":
         return float(objective.rewards.min())  # all mass on the best reward
     return math.nan
