@@ -4,6 +4,12 @@ Environment variables (the suite has no Hydra config; these play its role):
     GRADBENCH_BENCH_THREADS  torch intra-op threads (default 2, the CI machine's cores)
     GRADBENCH_BENCH_DEVICE   cpu (default) or cuda; on cuda every timed call ends with
                              torch.cuda.synchronize(), so kernels are timed, not queued
+    OMP_WAIT_POLICY          PASSIVE unless set: OpenMP worker threads sleep between
+                             parallel regions instead of spinning. On a machine whose cores
+                             are busy with other work, spinning workers steal the time
+                             slices the main thread needs, and a 2-thread VAE gradient took
+                             ~750 ms instead of ~30 ms (PASSIVE) here; on an idle machine
+                             the two policies time the same within noise.
 """
 
 from __future__ import annotations
@@ -12,8 +18,11 @@ import os
 import platform
 from collections import defaultdict
 
-import pytest
-import torch
+# Read by the OpenMP runtime when torch loads it, so it must be set before importing torch.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
 
 THREADS = int(os.environ.get("GRADBENCH_BENCH_THREADS", "2"))
 DEVICE = torch.device(os.environ.get("GRADBENCH_BENCH_DEVICE", "cpu"))
@@ -54,6 +63,7 @@ def pytest_benchmark_update_machine_info(config, machine_info):
     machine_info["torch"] = torch.__version__
     machine_info["torch_threads"] = THREADS
     machine_info["device"] = str(DEVICE)
+    machine_info["omp_wait_policy"] = os.environ.get("OMP_WAIT_POLICY")
 
 
 def ratio_rows(benchmarks) -> list[tuple[str, str, str, str, float, str]]:
