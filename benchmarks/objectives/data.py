@@ -58,8 +58,10 @@ class Dataset:
         """Training images at ``indices`` [B] -> [B, D], binarised if ``dynamic``."""
         x = self.train[indices]
         if self.dynamic:
-            u = torch.rand(x.shape, generator=generator, dtype=x.dtype, device=x.device)
-            x = (u < x).to(x.dtype)
+            # Drawn where the generator lives (a CPU generator for data on a GPU).
+            device = generator.device if generator is not None else x.device
+            u = torch.rand(x.shape, generator=generator, dtype=x.dtype, device=device)
+            x = (u.to(x.device) < x).to(x.dtype)
         return x
 
     def to(self, device: str | torch.device, dtype: torch.dtype) -> Dataset:

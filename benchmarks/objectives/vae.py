@@ -80,7 +80,7 @@ class VAE(nn.Module):
         self._decoder_params: dict[str, Tensor] | None = None
         # The measured minibatch: the first batch_size training images (a dynamically
         # binarised set gets one fixed draw), so every estimator sees the same batch.
-        fixed = torch.Generator(device=self.data.train.device).manual_seed(0)
+        fixed = torch.Generator().manual_seed(0)
         n = min(self.batch_size, len(self.data.train))
         self.x = self.data.batch(torch.arange(n, device=self.data.train.device), fixed)
         self.fixed_x = self.x
