@@ -23,8 +23,8 @@ from benchmarks.records import collect_records, scan_runs, write_parquet_atomic
 
 SUMMARY_COLUMNS = [
     "objective", "param", "n_samples", "rank", "estimator", "var_grad", "bias", "bias_se",
-    "bias_z", "bias_significant", "time_per_estimate_s", "work_normalized_var", "rank_work",
-    "true_grad", "replicates", "seeds",
+    "bias_z", "bias_significant", "bias_chi2", "time_per_estimate_s", "work_normalized_var",
+    "rank_work", "true_grad", "replicates", "seeds",
 ]  # fmt: skip
 
 
@@ -283,6 +283,21 @@ def test_summary_ranks_by_variance_and_flags_significant_bias():
     flagged = summary.set_index(["estimator", "param"])["bias_significant"]
     assert flagged[("reparam", "mu")] and not flagged[("reinforce", "mu")]
     assert not flagged[("reinforce_loo", "sigma")]
+
+
+def test_group_rows_of_models_show_chi2_and_are_not_flagged():
+    # Model records: one row per group, bias = rms over its coordinates, bias_chi2 = mean z².
+    records = pd.concat([
+        cell("reinforce", 10, 1e-3, bias=0.03, params=("encoder", "all")),
+        cell("gumbel_softmax", 10, 1e-4, bias=0.02, params=("encoder", "all")),
+    ], ignore_index=True)  # fmt: skip
+    records = records.assign(bias_chi2=[1.1, 1.0, 7.0, 6.0], n_coords=[900, 2000] * 2)
+    summary = report.summary_table(records)
+    assert summary["bias_significant"].isna().all() and summary["bias_z"].isna().all()
+    assert sorted(summary["bias_chi2"]) == [1.0, 1.1, 6.0, 7.0]
+    shown = report.display_table(summary)
+    assert shown["z"].str.startswith("χ²/k").all() and (shown["biased?"] == "").all()
+    assert "not tested" in report.threshold_sentence(summary)
 
 
 def test_summary_pools_seeds_of_one_cell():
