@@ -291,7 +291,8 @@ def estimator_styles(frame: pd.DataFrame) -> dict[str, tuple]:
     in alphabetical order for the others in ``frame``."""
     others = [n for n in ordered_estimators(frame) if n not in ESTIMATOR_ORDER]
     names = PALETTE_ORDER + others
-    colors = sns.color_palette("colorblind", 10) + sns.color_palette("dark", 10)
+    dark = sns.color_palette("dark", 10)  # after the ten colour-blind-safe ones: new hues first
+    colors = sns.color_palette("colorblind", 10) + [dark[i] for i in (4, 8, 2, 6, 0, 1, 3, 5, 7, 9)]
     return {n: (colors[i % len(colors)], MARKERS[i % len(MARKERS)]) for i, n in enumerate(names)}
 
 
@@ -608,6 +609,11 @@ def fig_train_variance(frame: pd.DataFrame) -> Figure | None:
         return None
     styles = estimator_styles(data)
     panels = list(data.groupby(panel_keys, sort=False)) if panel_keys else [("", data)]
+    if len(panel_keys) == 2:  # (objective, trained estimator): both in their usual order
+        objectives = {name: i for i, name in enumerate(ordered_objectives(data))}
+        trained = {name: i for i, name in enumerate(ordered_estimators(
+            data.assign(estimator=data[panel_keys[1]])))}  # fmt: skip
+        panels.sort(key=lambda group: (objectives[group[0][0]], trained[group[0][1]]))
     fig, axes = _grid(len(panels), max_cols=3)
     for ax, (key, panel) in zip(axes, panels, strict=True):
         key = key if isinstance(key, tuple) else (key,)
@@ -651,8 +657,8 @@ def fig_train_objective_vs_time(train: pd.DataFrame) -> Figure | None:
     fig, axes = _grid(len(panels), max_cols=3)
     for ax, (objective, panel) in zip(axes, panels, strict=True):
         column = chosen[objective]
-        panel = panel[np.isfinite(panel[column]) & np.isfinite(panel["wall_time_s"])]
         sparse = panel[column].notna().mean() < 0.5  # evaluated every k steps: show markers
+        panel = panel[np.isfinite(panel[column]) & np.isfinite(panel["wall_time_s"])]
         for name in ordered_estimators(panel):
             color, marker = styles[name]
             runs = panel[panel["estimator"] == name]
