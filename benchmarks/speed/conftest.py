@@ -27,11 +27,14 @@ import torch  # noqa: E402
 THREADS = int(os.environ.get("GRADBENCH_BENCH_THREADS", "2"))
 DEVICE = torch.device(os.environ.get("GRADBENCH_BENCH_DEVICE", "cpu"))
 
-# (numerator, denominator, target): a ratio of median times the issue sets a target for.
+# (numerator, denominator, target): ratios of times that issue 5 sets targets for. The
+# times are each benchmark's minimum over rounds: the round least disturbed by whatever
+# else the machine runs (the median mixes that load in).
 TARGETS = {
     "loop / batched": ("loop", "batched", ">= 20"),
     "batched / floor": ("batched", "floor", "<= 1.5"),
     "library / plain": ("library", "plain", "<= 1"),
+    "model loop / batched": ("loop", "batched", ">= 3"),
 }
 
 
@@ -69,15 +72,15 @@ def pytest_benchmark_update_machine_info(config, machine_info):
 def ratio_rows(benchmarks) -> list[tuple[str, str, str, str, float, str]]:
     """Pair each library benchmark with its reference: (what, toy, estimator, size, ratio,
     target), from the ``extra_info`` every benchmark in ``test_speed.py`` carries."""
-    medians = defaultdict(dict)  # (comparison, toy, estimator, size) -> role -> median
+    times = defaultdict(dict)  # (comparison, toy, estimator, size) -> role -> min time
     for bench in benchmarks:
         info = bench.extra_info
         if "role" not in info or not bench.stats:
             continue
         key = (info["comparison"], info["toy"], info["estimator"], info["size"])
-        medians[key][info["role"]] = bench.stats.median
+        times[key][info["role"]] = bench.stats.min
     rows = []
-    for (comparison, toy, estimator, size), by_role in sorted(medians.items()):
+    for (comparison, toy, estimator, size), by_role in sorted(times.items()):
         top, bottom, target = TARGETS[comparison]
         if top in by_role and bottom in by_role:
             ratio = by_role[top] / by_role[bottom]
@@ -92,13 +95,15 @@ def pytest_terminal_summary(terminalreporter, config):
     if not rows:
         return
     tr = terminalreporter
-    tr.section("gradbench speed targets (ratios of medians)", sep="-")
+    tr.section("gradbench speed targets (ratios of minimum times)", sep="-")
     tr.write_line(f"threads={THREADS} device={DEVICE} torch={torch.__version__}")
-    tr.write_line(f"{'ratio':<16} {'toy':<20} {'estimator':<18} {'size':<14} {'value':>8}  target")
+    tr.write_line(
+        f"{'ratio':<20} {'objective':<20} {'estimator':<18} {'size':<14} {'value':>8}  target"
+    )
     for comparison, toy, estimator, size, ratio, target in rows:
         bound = float(target.split()[1])
         met = ratio >= bound if target.startswith(">=") else ratio <= bound
         tr.write_line(
-            f"{comparison:<16} {toy:<20} {estimator:<18} {size:<14} {ratio:>8.2f}  "
+            f"{comparison:<20} {toy:<20} {estimator:<18} {size:<14} {ratio:>8.2f}  "
             f"{target}{'' if met else '  (missed)'}"
         )
