@@ -469,7 +469,9 @@ def fig_bias(records: pd.DataFrame) -> Figure | None:
         where = {name: i for i, name in enumerate(names)}
         for j, n in enumerate(sizes):
             rows = panel[panel["n_samples"] == n]
-            y = rows["estimator"].map(where) + (j - (len(sizes) - 1) / 2) * height
+            if rows.empty:
+                continue
+            y = rows["estimator"].map(where).astype(float) + (j - (len(sizes) - 1) / 2) * height
             ax.errorbar(rows["bias"], y, xerr=2 * rows["bias_se"], fmt="o", ms=3.5, capsize=2,
                         color=colors[n], label=f"{n}", lw=1)  # fmt: skip
         ax.axvline(0, color="0.3", lw=0.8, zorder=0)

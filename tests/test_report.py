@@ -349,6 +349,17 @@ def test_record_figures_draw_valid_data_and_skip_absent_data(figure):
     assert figure(records[records["status"] != "ok"]) is None  # only skipped / failed
 
 
+def test_bias_figure_with_panels_that_lack_some_n_samples():
+    # A second objective measured at one n_samples only: its panel has no n = 1 points.
+    other = cell("reinforce", 10, 1.0, params=("logit",)).assign(objective="bernoulli_threshold")
+    records = pd.concat([toy_records(), other], ignore_index=True)
+    fig = report.fig_bias(records)
+    assert isinstance(fig, Figure)
+    assert [ax.get_title().split("\n")[0] for ax in fig.axes] == [
+        "gaussian_quadratic", "bernoulli_threshold"
+    ]  # fmt: skip
+
+
 def test_figures_that_need_a_sweep_axis_skip_a_single_setting():
     one = toy_records()
     one = one[(one["n_samples"] == 10) & (one["objective.sigma"] == 0.5)]
