@@ -425,8 +425,11 @@ def fig_variance_vs_parameter(records: pd.DataFrame, parameter: str | None = Non
     data = _log_safe(completed(records), "var_grad")
     data = data[data[parameter].notna()]
     data, notes = hold_fixed(data, free=[parameter])
-    notes += _constant_notes(data, ["n_samples"])
+    notes = list(dict.fromkeys(notes + _constant_notes(data, ["n_samples"])))
     pooled = pool(data, ["objective", "param", "estimator", parameter])
+    lines = pooled.groupby(["objective", "param", "estimator"])[parameter].nunique()
+    if lines.empty or lines.max() < 2:  # swept only where other settings were not held
+        return None
     panels = _panels(pooled, ["objective", "param"])
     fig, axes = _grid(len(panels))
     values = pooled[parameter]
@@ -504,7 +507,7 @@ def fig_time_per_estimate(records: pd.DataFrame) -> Figure | None:
         ax.set(title=_panel_title(objective))
     several = pooled["n_samples"].nunique() > 1
     _label(axes, "n_samples (draws per estimate)" if several else "", "time per estimate (s)")
-    notes += _constant_notes(pooled, ["n_samples"])
+    notes = list(dict.fromkeys(notes + _constant_notes(pooled, ["n_samples"])))
     return _finish(fig, axes, "Cost of one gradient estimate (median wall-clock)", notes)
 
 
@@ -528,7 +531,7 @@ def fig_work_normalized_variance(records: pd.DataFrame) -> Figure | None:
         ax.set(title=_panel_title(objective, param))
     several = pooled["n_samples"].nunique() > 1
     _label(axes, "n_samples (draws per estimate)" if several else "", "variance × time (s)")
-    notes += _constant_notes(pooled, ["n_samples"])
+    notes = list(dict.fromkeys(notes + _constant_notes(pooled, ["n_samples"])))
     return _finish(fig, axes, "Work-normalised variance (variance × seconds per estimate)", notes)
 
 

@@ -360,6 +360,19 @@ def test_bias_figure_with_panels_that_lack_some_n_samples():
     ]  # fmt: skip
 
 
+def test_variance_vs_parameter_needs_two_values_after_holding_the_rest():
+    # sigma varies only among the n = 1 runs; n = 10, the most frequent, is the one kept.
+    records = pd.concat([
+        cell("reinforce", 10, 1.0, seed=0, **{"objective.sigma": 1.0}),
+        cell("reinforce", 10, 1.0, seed=1, **{"objective.sigma": 1.0}),
+        cell("reparam", 10, 0.1, **{"objective.sigma": 1.0}),
+        cell("reinforce", 1, 5.0, **{"objective.sigma": 0.5}),
+        cell("reinforce", 1, 9.0, **{"objective.sigma": 2.0}),
+    ], ignore_index=True)  # fmt: skip
+    assert report.objective_parameters(records) == ["objective.sigma"]
+    assert report.fig_variance_vs_parameter(records) is None
+
+
 def test_figures_that_need_a_sweep_axis_skip_a_single_setting():
     one = toy_records()
     one = one[(one["n_samples"] == 10) & (one["objective.sigma"] == 0.5)]
