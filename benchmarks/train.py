@@ -19,8 +19,9 @@ measured at the same parameters (the same-trajectory comparison of the DisARM an
 papers). Those measurements are returned as the job's records, with a ``step`` column.
 
 Files: ``train.parquet`` (rewritten atomically at every evaluation, so a killed run keeps
-its progress) and, for models, ``checkpoint.pt`` (a ``state_dict``, loadable with
-``objective.checkpoint=PATH`` by ``task=variance``).
+its progress) and, for models, ``checkpoint.pt`` (the latest ``state_dict``) and
+``checkpoints/step-NNNNNNN.pt`` (one per evaluation), loadable with
+``objective.checkpoint=PATH`` by ``task=variance``.
 """
 
 from __future__ import annotations
@@ -86,8 +87,12 @@ def check_train(cfg: DictConfig) -> None:
         value = task.get(key)
         if not isinstance(value, int) or value < 1:
             raise ConfigError(f"task.{key} must be a positive integer, got {value!r}")
-    if not float(task.lr) > 0:
-        raise ConfigError(f"task.lr must be > 0, got {task.lr}")
+    try:
+        lr = float(task.lr)
+    except (TypeError, ValueError):
+        lr = math.nan
+    if not lr > 0:
+        raise ConfigError(f"task.lr must be a number > 0, got {task.lr!r}")
     track = task.get("track") or []
     if isinstance(track, str) or not OmegaConf.is_list(track) and not isinstance(track, list):
         raise ConfigError(f"task.track must be a list of estimator names, got {track!r}")
@@ -214,6 +219,9 @@ def train(
                         row["log10_var"] = math.log10(ok["var_grad"].mean())
         write_parquet_atomic(pd.DataFrame(log, columns=TRAIN_COLUMNS), out / TRAIN)
         if is_model:
+            # The latest weights, and one file per evaluation for task=variance later.
+            (out / "checkpoints").mkdir(exist_ok=True)
+            _save_atomic(objective.state_dict(), out / "checkpoints" / f"step-{step:07d}.pt")
             _save_atomic(objective.state_dict(), out / CHECKPOINT)
         print(
             f"step {step}/{steps}: loss {row['loss']:.4g}"

@@ -45,7 +45,6 @@ class BayesLogReg(nn.Module):
         true_grad: str = "auto",
         quadrature_nodes: int = 64,
         reference_samples: int = 10000,
-        data=None,  # accepted and ignored: the data set is fixed by the experiment
         device: str | torch.device = "cpu",
         dtype: torch.dtype = torch.float32,
     ):
