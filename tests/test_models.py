@@ -16,7 +16,12 @@ from hydra.core.global_hydra import GlobalHydra
 
 from benchmarks.cli import main
 from benchmarks.config import build
-from benchmarks.measure_model import measure_model_variance, replicate_moments, true_gradient
+from benchmarks.measure_model import (
+    Moments,
+    measure_model_variance,
+    replicate_moments,
+    true_gradient,
+)
 from benchmarks.objectives.bayes_logreg import BayesLogReg
 from benchmarks.objectives.data import digits, mnist, synthetic, write_idx
 from benchmarks.objectives.vae import BernoulliVAE, GaussianVAE
@@ -137,6 +142,15 @@ def test_exact_gradient_by_enumeration_is_refused_beyond_the_limit():
     assert BernoulliVAE(data, latent_dim=5, enumerate_limit=4).true_grad_method == "none"
     with pytest.raises(ValueError, match="no exact gradient"):
         GaussianVAE(data, true_grad="exact")
+
+
+def test_chunked_moments_equal_the_moments_of_all_replicates():
+    grads = torch.randn(50, 7, **F64) * 3 + 10
+    moments = Moments()
+    for chunk in grads.split([1, 20, 4, 25]):
+        moments.add(chunk)
+    torch.testing.assert_close(moments.mean, grads.mean(0))
+    torch.testing.assert_close(moments.var, grads.var(0))
 
 
 # -- unbiasedness against enumeration ---------------------------------------------------
