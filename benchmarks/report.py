@@ -502,11 +502,12 @@ def fig_time_per_estimate(records: pd.DataFrame) -> Figure | None:
     pooled = pool(cells, ["objective", "estimator", "n_samples"])
     panels = _panels(pooled, "objective")
     fig, axes = _grid(len(panels))
+    _label(
+        axes, "n_samples (draws per estimate)", "time per estimate (s)"
+    )  # before: panels may clear x
     for ax, (objective, panel) in zip(axes, panels, strict=True):
         _cost_panel(ax, panel, "time_per_estimate_s", styles)
         ax.set(title=_panel_title(objective))
-    several = pooled["n_samples"].nunique() > 1
-    _label(axes, "n_samples (draws per estimate)" if several else "", "time per estimate (s)")
     notes = list(dict.fromkeys(notes + _constant_notes(pooled, ["n_samples"])))
     return _finish(fig, axes, "Cost of one gradient estimate (median wall-clock)", notes)
 
@@ -526,11 +527,12 @@ def fig_work_normalized_variance(records: pd.DataFrame) -> Figure | None:
     pooled = pool(data, ["objective", "param", "estimator", "n_samples"])
     panels = _panels(pooled, ["objective", "param"])
     fig, axes = _grid(len(panels))
+    _label(
+        axes, "n_samples (draws per estimate)", "variance × time (s)"
+    )  # before: panels may clear x
     for ax, ((objective, param), panel) in zip(axes, panels, strict=True):
         _cost_panel(ax, panel, "work_normalized_var", styles)
         ax.set(title=_panel_title(objective, param))
-    several = pooled["n_samples"].nunique() > 1
-    _label(axes, "n_samples (draws per estimate)" if several else "", "variance × time (s)")
     notes = list(dict.fromkeys(notes + _constant_notes(pooled, ["n_samples"])))
     return _finish(fig, axes, "Work-normalised variance (variance × seconds per estimate)", notes)
 
@@ -539,7 +541,7 @@ def _cost_panel(ax, panel: pd.DataFrame, column: str, styles) -> None:
     names = ordered_estimators(panel)
     if panel["n_samples"].nunique() < 2:
         _categorical(ax, names, panel.set_index("estimator")[column], styles)
-        ax.set(yscale="log")
+        ax.set(yscale="log", xlabel="")  # one n_samples: estimators along x
         return
     for name in names:
         rows = panel[panel["estimator"] == name].sort_values("n_samples")
