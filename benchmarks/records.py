@@ -162,9 +162,10 @@ def scan_runs(folder: str | Path) -> Runs:
                 problems.append(Problem(rel, name, reason))
                 continue
             frame["run_dir"] = rel
-            for key, value in config.items():
-                if key not in frame.columns:
-                    frame[key] = [value] * len(frame)
+            extra = {k: v for k, v in config.items() if k not in frame.columns}
+            if extra:  # one concat, not a column at a time (a fragmented frame is slow)
+                extra_frame = pd.DataFrame([extra] * len(frame), index=frame.index)
+                frame = pd.concat([frame, extra_frame], axis=1)
             out.append(frame)
     return Runs(_concat(records), _concat(train), problems)
 
