@@ -200,6 +200,13 @@ def test_extra_formats_are_written_and_linked(tmp_path):
     assert not (out / "bias.svg").exists() and (out / "bias.png").exists()
 
 
+def test_unknown_figure_format_is_refused(tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        report.main([str(tmp_path), "--format", "svg,gif"])
+    assert exit_info.value.code == 2
+    assert "unknown format 'gif'" in capsys.readouterr().err
+
+
 # --------------------------------------------------------------------------- bad folders
 
 
