@@ -48,10 +48,11 @@ from benchmarks.records import (
 )
 
 REPORT_DIR = "report"
-# Family-wise false-flag rate of the "bias is significant" column, over all rows of a table.
+# Family-wise false-flag rate of the "bias is significant" column, over the rows of a table
+# that are tested (single coordinates with an exact gradient).
 FAMILY_WISE_RATE = 0.05
 # Known estimators first, in this order (the classics, then their baselines); others after.
-# Colours follow this list, so an estimator has the same colour in every report.
+# Colours follow PALETTE_ORDER below, so an estimator has the same colour in every report.
 ESTIMATOR_ORDER = ["reinforce", "reinforce_loo", "reinforce_ema", "reinforce_optimal", "reparam",
                    "measure_valued", "gumbel_softmax", "straight_through", "reinforce_learned",
                    "arm", "disarm", "vimco", "iwae"]  # fmt: skip
