@@ -7,6 +7,7 @@ import math
 import os
 import sys
 import tempfile
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -63,10 +64,22 @@ def _fsync_dir(folder: Path) -> None:
         os.close(fd)
 
 
-def remove_stale_temporaries(folder: str | Path, name: str = RECORDS) -> None:
-    """Delete temporary files a killed writer left in ``folder`` (one job per folder)."""
+def remove_stale_temporaries(
+    folder: str | Path, name: str = RECORDS, min_age_s: float = 60
+) -> None:
+    """Delete temporary files that killed writers left in ``folder``.
+
+    Only files untouched for ``min_age_s`` seconds: a younger one may belong to a writer
+    that is still alive (the same sweep started twice, an orphaned worker), and readers
+    ignore temporary files anyway.
+    """
+    now = time.time()
     for tmp in Path(folder).glob(f".{name}.*.tmp"):
-        tmp.unlink(missing_ok=True)
+        try:
+            if now - tmp.stat().st_mtime > min_age_s:
+                tmp.unlink()
+        except FileNotFoundError:  # its writer finished or cleaned up meanwhile
+            pass
 
 
 def records_complete(path: str | Path, config_hash: str) -> bool:
