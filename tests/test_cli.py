@@ -109,7 +109,7 @@ def test_list_shows_estimators_objectives_and_compatibility(capsys):
         (["replicates=1"], "replicates must be at least 2"),
         (["objective.sigma=-1"], "objective.sigma must be > 0"),
         (["objective=categorical_linear", "objective.logits=[1,2]"], "objective.logits has 2"),
-        (["n_samples=ten"], "could not be converted to Integer"),
+        (["n_samples=ten"], "n_samples must be an integer, got 'ten'"),
         (["n_sample=3"], "unknown setting 'n_sample'"),
     ],
 )
