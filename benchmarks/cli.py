@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pandas as pd
+import torch
 from hydra import compose, initialize_config_dir, initialize_config_module
 from hydra.core.global_hydra import GlobalHydra
 from hydra.core.override_parser.overrides_parser import OverridesParser
@@ -212,7 +213,8 @@ def check_run(overrides: list[str], flags: dict[str, str], multirun: bool = Fals
             for i, cell in enumerate(cells_to_check(fixed, axes)):
                 if i == 0:
                     first = compose(config_name, overrides=cell, return_hydra_config=True)
-                check_cell(compose(config_name, overrides=cell))
+                    remote = runs_elsewhere(first.hydra, multirun)
+                check_cell(compose(config_name, overrides=cell), remote)
             cells = math.prod(len(values) for values in axes.values())
             plan = _plan(first, overrides, config_name, config_dir, multirun, cells)
         except (HydraException, OmegaConfBaseException, ConfigError) as exc:
@@ -290,9 +292,21 @@ def check_writable(folder: Path) -> None:
         raise UsageError(f"cannot write results to {folder}: {existing} is not writable")
 
 
-def check_cell(cfg: DictConfig) -> None:
-    """Everything the job will build, built once here (cheap for toys)."""
-    build(cfg)
+def runs_elsewhere(hydra_cfg: DictConfig, multirun: bool) -> bool:
+    """Whether a sweep's cells run on other machines (Slurm, Ray) than the command."""
+    target = str(hydra_cfg.launcher._target_)
+    multirun = multirun or str(hydra_cfg.mode) == "RunMode.MULTIRUN"
+    return multirun and (target.endswith(".SlurmLauncher") or "ray_launcher" in target)
+
+
+def check_cell(cfg: DictConfig, remote: bool = False) -> None:
+    """Everything the job will build, built once here (cheap for toys).
+
+    For cells that run elsewhere (``remote``), CUDA is looked for where they run, not on
+    this login node: the check builds on the CPU, and a node without CUDA records the cell
+    as failed.
+    """
+    build(cfg, torch.device("cpu") if remote else None)
     if cfg.task.name == "train":
         from benchmarks.train import check_train
 

@@ -104,9 +104,12 @@ def main(cfg: DictConfig) -> None:
         torch.set_num_threads(threads)
     try:
         records = run_cell(cfg, estimator_name, objective_name)
-    except ConfigError:
-        raise
     except Exception as exc:  # a sweep goes on past a cell that crashes
+        # The CLI refuses bad settings before anything runs. What it cannot see depends on
+        # the machine a cell runs on (device=cuda on a node without CUDA): in a sweep that
+        # is a failed cell like any other.
+        if isinstance(exc, ConfigError) and not in_sweep:
+            raise
         reason = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
         (out / ERROR_LOG).write_text(traceback.format_exc())
         records = failed_records(cfg, estimator_name, objective_name, reason)

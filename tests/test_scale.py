@@ -255,3 +255,33 @@ def test_submitit_local_gives_the_same_results(tmp_path, capsys):
         assert "1 cells: 1 ok" in capsys.readouterr().out
     pd.testing.assert_frame_equal(frames["basic"], frames["submitit_local"])
     assert list((tmp_path / "submitit_local" / ".submitit").iterdir())  # submitit's job logs
+
+
+def test_cells_that_run_on_a_cluster_look_for_cuda_there_not_on_the_login_node():
+    from hydra import compose
+
+    from benchmarks.cli import _hydra_context, check_cell, runs_elsewhere
+
+    with _hydra_context():
+        slurm = compose("config", ["hydra/launcher=slurm_example", "device=cuda"], True)
+        local = compose("config", ["hydra/launcher=joblib", "device=cuda"], True)
+    assert runs_elsewhere(slurm.hydra, multirun=True)
+    assert not runs_elsewhere(slurm.hydra, multirun=False)  # a single run runs here
+    assert not runs_elsewhere(local.hydra, multirun=True)
+    check_cell(slurm, remote=True)  # no error, even without CUDA here
+
+
+def test_a_setting_refused_on_the_node_that_runs_the_cell_is_a_failed_cell(
+    tmp_path, monkeypatch, capsys
+):
+    from benchmarks.config import ConfigError
+
+    def no_cuda_here(cfg, estimator_name, objective_name):
+        raise ConfigError("device=cuda but CUDA is not available to this torch")
+
+    monkeypatch.setattr(run, "run_cell", no_cuda_here)
+    assert sweep(tmp_path, "n_samples=3") == 1
+    (records,) = cell_records(tmp_path).values()
+    reason = "ConfigError: device=cuda but CUDA is not available to this torch"
+    assert records["status"][0] == f"failed: {reason}"
+    assert "1 cells: 1 failed" in capsys.readouterr().out
