@@ -41,7 +41,7 @@ bench: setup
 bench-save: setup
 	$(BIN)/pytest benchmarks/speed --benchmark-save=baseline
 
-## bench-compare: fail if a median got more than BENCH_THRESHOLD slower than the latest baseline
+## bench-compare: fail if a benchmark's min time grew by more than BENCH_THRESHOLD over the latest baseline
 bench-compare: setup
 	BENCH_THRESHOLD=$(BENCH_THRESHOLD) PYTEST=$(BIN)/pytest benchmarks/speed/compare.sh
 

@@ -103,20 +103,37 @@ class OptimalConstant(Baseline):
         self.n_extra = n_extra
 
     def __call__(self, objective, theta, x, f):
+        b, _ = self._fit(objective, objective.distribution(theta.detach()), theta, None, f)
+        return b
+
+    def with_scores(self, objective, dist, theta, x, f):
+        """b as ``__call__`` gives it, and the score ∇θ log p_θ(x_i) of every sample,
+        [N, *batch, D], from the same backward pass that scores the extra draws.
+
+        ``Reinforce`` uses the scores to subtract b_k s_k directly, instead of a second
+        pass through log p (half the work; the numbers are the same). ``dist`` is
+        ``objective.distribution(theta)``, already built by the caller.
+        """
+        return self._fit(objective, dist, theta, x, f)
+
+    def _fit(self, objective, dist, theta, x, f):
         m = self.n_extra or f.shape[0]
         theta = theta.detach()
+        x_extra = dist.sample((m,))  # [M, *batch, *event]
+        scored = x_extra if x is None else torch.cat([x, x_extra])  # [N + M, ...]
         with torch.enable_grad():
-            # One leaf copy of theta per extra sample, so one backward pass yields every
+            # One leaf copy of theta per scored sample, so one backward pass yields every
             # sample's own score vector.
-            copies = theta.expand(m, *theta.shape).clone().requires_grad_(True)
-            x_extra = objective.distribution(theta).sample((m,))  # [M, *batch, *event]
-            log_p = objective.distribution(copies).log_prob(x_extra)  # [M, *batch]
-            (score,) = torch.autograd.grad(log_p.sum(), copies)  # [M, *batch, D]
+            copies = theta.expand(scored.shape[0], *theta.shape).clone().requires_grad_(True)
+            log_p = objective.distribution(copies).log_prob(scored)  # [N + M, *batch]
+            (scores,) = torch.autograd.grad(log_p.sum(), copies)  # [N + M, *batch, D]
+        score = scores[scored.shape[0] - m :]  # the extra draws' scores, [M, *batch, D]
         f_extra = objective.cost(x_extra).detach().unsqueeze(-1)  # [M, *batch, 1]
         score_sq = score.square()
         denominator = score_sq.sum(0)
         # A coordinate whose score is zero on every extra sample gets b = 0.
-        return (f_extra * score_sq).sum(0) / denominator.clamp_min(torch.finfo(f.dtype).tiny)
+        b = (f_extra * score_sq).sum(0) / denominator.clamp_min(torch.finfo(f.dtype).tiny)
+        return b, (None if x is None else scores[: x.shape[0]])
 
 
 class Learned(Baseline):

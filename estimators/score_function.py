@@ -40,9 +40,15 @@ class Reinforce(Estimator):
         dist = objective.distribution(theta)
         x = dist.sample((n_samples,))  # [N, *batch, *event]
         f = objective.cost(x)  # [N, *batch]
-        log_p = dist.log_prob(x)  # [N, *batch]
         # f itself stays in the surrogate so that parameters of f (a decoder) get their
         # pathwise gradient; x is a plain sample, so no gradient reaches θ through f.
+        if hasattr(self.baseline, "with_scores"):
+            # The baseline scored our samples along with its own: (f − b_k) s_k is known
+            # per sample, and θ·that (detached) has exactly that gradient.
+            b, score = self.baseline.with_scores(objective, dist, theta, x, f)
+            weight = (f.detach().unsqueeze(-1) - b.detach()) * score  # [N, *batch, D]
+            return f + (theta * weight.detach()).sum(-1)
+        log_p = dist.log_prob(x)  # [N, *batch]
         if self.baseline is None:
             return f + f.detach() * log_p
         b = self.baseline(objective, theta, x, f).detach()
