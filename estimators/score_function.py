@@ -7,6 +7,15 @@ from torch import Tensor
 from estimators.base import Estimator, StochasticObjective
 from estimators.baselines import Baseline
 
+# Up to this many samples (N × batch), a per-coordinate baseline that can score the
+# estimate's samples together with its own extra draws (one backward pass, then
+# (f − b_k) s_k directly) is cheapest: fixed costs dominate. Beyond it, materialising the
+# [N, *batch, D] per-sample scores costs more than a second pass through log p, whose
+# gradient is reduced over samples as it goes (measured: R=1000 replicates of N=1000 on
+# gaussian_quadratic took 195 ms per-sample vs 119 ms; N=10 took 2.8 vs 3.6 ms). Both ways
+# give the same estimate.
+PER_SAMPLE_SCORE_LIMIT = 2**16
+
 
 class Reinforce(Estimator):
     """∇θ E_{p_θ}[f(x)] ≈ (1/N) Σ_i (f(x_i) − b_i) ∇θ log p_θ(x_i),  x_i ~ p_θ.
@@ -42,7 +51,7 @@ class Reinforce(Estimator):
         f = objective.cost(x)  # [N, *batch]
         # f itself stays in the surrogate so that parameters of f (a decoder) get their
         # pathwise gradient; x is a plain sample, so no gradient reaches θ through f.
-        if hasattr(self.baseline, "with_scores"):
+        if hasattr(self.baseline, "with_scores") and f.numel() <= PER_SAMPLE_SCORE_LIMIT:
             # The baseline scored our samples along with its own: (f − b_k) s_k is known
             # per sample, and θ·that (detached) has exactly that gradient.
             b, score = self.baseline.with_scores(objective, dist, theta, x, f)
