@@ -93,8 +93,10 @@ def estimate_gradient(
 ) -> Tensor:
     """One gradient estimate from ``n_samples`` draws, shaped like ``theta``."""
     theta = theta.detach().requires_grad_(True)
-    surrogate = estimator.surrogate(objective, theta, n_samples)
-    (grad,) = torch.autograd.grad(surrogate.mean(0).sum(), theta)
+    loss = estimator.surrogate(objective, theta, n_samples).mean(0)
+    if loss.dim():  # batched theta; for a toy's [D] the mean is already a scalar
+        loss = loss.sum()
+    (grad,) = torch.autograd.grad(loss, theta)
     return grad
 
 
