@@ -21,6 +21,8 @@ between them biases the ratio as little as possible.
 
 from __future__ import annotations
 
+import os
+
 import pytest
 import torch
 
@@ -146,6 +148,50 @@ def test_replicates_large(benchmark, toy, estimator, side):
         fn = lambda: reference.fused_replicates(  # noqa: E731
             toy, estimator, obj.theta, 1000, REPLICATES, ema
         )
+    grads = _run(benchmark, fn)
+    assert grads.shape == (REPLICATES, *obj.theta.shape)
+
+
+# --- opt-in: the batched path under torch.compile -------------------------------------------
+
+COMPILE_CASES = [
+    ("gaussian_quadratic", "reinforce"),
+    ("gaussian_quadratic", "reparam"),
+    ("bernoulli_threshold", "reinforce"),
+]
+
+
+@pytest.mark.skipif(
+    os.environ.get("GRADBENCH_BENCH_COMPILE") != "1",
+    reason="torch.compile benchmarks are opt-in: GRADBENCH_BENCH_COMPILE=1 (~10-20 s compile each)",
+)
+# torch 2.13's compile stack calls its own deprecated torch.jit.script_method on import.
+@pytest.mark.filterwarnings("ignore:`torch.jit.script_method` is deprecated:DeprecationWarning")
+@pytest.mark.parametrize(("toy", "estimator"), COMPILE_CASES, ids=_ids(COMPILE_CASES))
+def test_replicates_compiled(benchmark, toy, estimator):
+    """``replicate_gradients``' surrogate under ``torch.compile``, next to batched and floor.
+
+    ``fallback_random`` keeps eager torch's random numbers, so the estimates are the
+    library's own (inductor's faster generator would draw different ones).
+    """
+    import torch._inductor.config as inductor_config
+
+    est, obj = _setup(
+        benchmark, toy, estimator, f"replicates {toy} R={REPLICATES} N=1000",
+        comparison="batched / floor", role="compiled", size=f"R={REPLICATES} N=1000",
+    )  # fmt: skip
+    loss = torch.compile(lambda copies: est.surrogate(obj, copies, 1000).mean(0).sum())
+
+    def fn():
+        copies = obj.theta.detach().expand(REPLICATES, *obj.theta.shape).clone()
+        copies.requires_grad_(True)
+        with inductor_config.patch(fallback_random=True):
+            return torch.autograd.grad(loss(copies), copies)[0]
+
+    torch.manual_seed(1)
+    expected = replicate_gradients(est, obj, obj.theta, 1000, REPLICATES)
+    torch.manual_seed(1)
+    torch.testing.assert_close(fn(), expected, rtol=1e-4, atol=1e-4)  # compiles, too
     grads = _run(benchmark, fn)
     assert grads.shape == (REPLICATES, *obj.theta.shape)
 
