@@ -158,7 +158,9 @@ def sweep_axes(overrides: list[str], config_name: str) -> tuple[list[str], dict[
     fixed = [o.input_line for o in parsed if not o.is_sweep_override()]
     base = compose(config_name, overrides=fixed, return_hydra_config=True)
     preset = OmegaConf.select(base, "hydra.sweeper.params") or {}
-    sweep_lines = [f"{k}={v}" for k, v in preset.items()]
+    # A value fixed on the command line replaces the preset's axis for that key.
+    fixed_keys = {o.get_key_element() for o in parsed if not o.is_sweep_override()}
+    sweep_lines = [f"{k}={v}" for k, v in preset.items() if k not in fixed_keys]
     sweep_lines += [o.input_line for o in parsed if o.is_sweep_override()]
     axes: dict[str, list[str]] = {}
     for override in parser.parse_overrides(sweep_lines):

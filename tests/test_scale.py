@@ -285,3 +285,13 @@ def test_a_setting_refused_on_the_node_that_runs_the_cell_is_a_failed_cell(
     reason = "ConfigError: device=cuda but CUDA is not available to this torch"
     assert records["status"][0] == f"failed: {reason}"
     assert "1 cells: 1 failed" in capsys.readouterr().out
+
+
+def test_a_value_given_on_the_command_line_replaces_the_presets_axis(tmp_path, monkeypatch):
+    from benchmarks.cli import check_run
+
+    monkeypatch.chdir(tmp_path)
+    one = ["sweep=toy_scale", "objective=gaussian_quadratic", "estimator=reinforce"]
+    assert check_run([*one, "n_samples=10"], {}).cells == 1  # as Hydra's sweeper runs it
+    plan = check_run([*one, "n_samples=1,2"], {})
+    assert plan.cells == 2 and plan.output_dir.name.startswith("toy_scale-")
