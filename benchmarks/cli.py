@@ -372,21 +372,29 @@ def compatibility() -> pd.DataFrame:
     """Which estimator applies to which objective, at the default config (n_samples=10)."""
     from estimators import NotApplicable
 
-    rows = []
     with _hydra_context():
-        estimators, objectives = _group_options("estimator"), _group_options("objective")
-        for objective in objectives:
-            row = {"objective": objective}
-            for estimator in estimators:
-                overrides = [f"estimator={estimator}", f"objective={objective}"]
-                cfg = compose("config", overrides=overrides)
-                est, obj = build(cfg)
-                try:
-                    est.check(obj, obj.theta, cfg.n_samples)
-                    row[estimator] = "yes"
-                except NotApplicable:
-                    row[estimator] = "-"
-            rows.append(row)
+        # Each option is composed and built once; building a model loads its data.
+        built = {}
+        for group in ("estimator", "objective"):
+            for option in _group_options(group):
+                cfg = compose("config", overrides=[f"{group}={option}"])
+                estimator, objective = build(cfg)
+                built[group, option] = estimator if group == "estimator" else objective
+    n_samples = cfg.n_samples
+    rows = []
+    for (group, name), objective in built.items():
+        if group != "objective":
+            continue
+        row = {"objective": name}
+        for (other, estimator_name), estimator in built.items():
+            if other != "estimator":
+                continue
+            try:
+                estimator.check(objective, objective.theta, n_samples)
+                row[estimator_name] = "yes"
+            except NotApplicable:
+                row[estimator_name] = "-"
+        rows.append(row)
     return pd.DataFrame(rows).set_index("objective")
 
 
