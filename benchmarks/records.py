@@ -307,6 +307,12 @@ def format_table(records: pd.DataFrame) -> str:
     return table.to_string(index=False)
 
 
+def _label(value) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "-"
+    return f"{value:g}" if isinstance(value, float) else str(value)
+
+
 def _format_seconds(seconds: float) -> str:
     if math.isnan(seconds):
         return "-"
@@ -317,15 +323,35 @@ def _format_seconds(seconds: float) -> str:
     return f"{seconds:.2f} s"
 
 
+def swept_columns(records: pd.DataFrame) -> list[str]:
+    """Config columns (dotted names) whose value changes between runs of one estimator.
+
+    These are the settings a sweep varied, such as ``objective.sigma``; a setting that
+    only differs between estimators (``estimator.baseline.decay``) is not one.
+    """
+    dotted = [c for c in records.columns if "." in c]
+    if records.empty or not dotted:
+        return []
+    groups = records.groupby(["objective", "estimator"], sort=False)
+    return [c for c in dotted if groups[c].nunique(dropna=True).max() > 1]
+
+
 def summary_table(records: pd.DataFrame) -> str:
-    """Variance per (objective, param, n_samples) × estimator: the sweep's headline."""
-    ok = records[records["status"] == "ok"]
+    """Variance per (objective, param, n_samples, swept settings) × estimator."""
+    ok = records[records["status"] == "ok"].copy()
     if ok.empty:
         return "(no completed cells)"
+    swept = swept_columns(ok)
+    for column in swept:  # printable labels in numeric order; "-" where a setting does not apply
+        values = ok[column]
+        order = sorted(values.dropna().unique(), key=lambda v: (isinstance(v, str), v))
+        labels = list(dict.fromkeys([_label(v) for v in order] + ["-"]))
+        ok[column] = pd.Categorical([_label(v) for v in values], categories=labels, ordered=True)
     pivot = ok.pivot_table(
-        index=["objective", "param", "n_samples"],
+        index=["objective", *swept, "param", "n_samples"],
         columns="estimator",
         values="var_grad",
         aggfunc="mean",
+        observed=True,
     )
     return pivot.to_string(float_format="{:.4g}".format, na_rep="-")

@@ -44,6 +44,7 @@ from benchmarks.records import (
     Problem,
     Runs,
     scan_runs,
+    swept_columns,
     write_parquet_atomic,
 )
 
@@ -109,19 +110,6 @@ def completed(records: pd.DataFrame) -> pd.DataFrame:
         return records.iloc[0:0]
     ok = (records["status"] == "ok") & np.isfinite(records["var_grad"].astype(float))
     return records[ok]
-
-
-def swept_columns(records: pd.DataFrame) -> list[str]:
-    """Config columns (dotted names) whose value changes between runs of one estimator.
-
-    These are the settings a sweep varied, such as ``objective.sigma``; a setting that
-    only differs between estimators (``estimator.baseline.decay``) is not one.
-    """
-    dotted = [c for c in records.columns if "." in c]
-    if records.empty or not dotted:
-        return []
-    groups = records.groupby(["objective", "estimator"], sort=False)
-    return [c for c in dotted if groups[c].nunique(dropna=True).max() > 1]
 
 
 def _numeric(frame: pd.DataFrame, column: str) -> bool:
