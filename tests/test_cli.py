@@ -137,3 +137,26 @@ def test_sweep_summary_keeps_swept_settings_apart(tmp_path, capsys):
     variances = [float(row[-1]) for row in mu_rows]
     assert variances[0] == pytest.approx(0.1, rel=0.1)
     assert variances[1] == pytest.approx(1.6, rel=0.1)
+
+
+def test_cached_composition_equals_hydras_own():
+    # The pre-check composes each combination of config groups once and sets plain values
+    # on a copy; that must give exactly what Hydra composes for the cell.
+    from hydra import compose
+    from omegaconf import OmegaConf
+
+    from benchmarks.cli import _hydra_context, compose_cached
+
+    cells = [
+        ["estimator=reinforce_loo", "objective=gaussian_quadratic", "n_samples=3"],
+        ["estimator=reinforce_loo", "objective=gaussian_quadratic", "objective.sigma=2.5"],
+        ["estimator=gumbel_softmax", "estimator.temperature=0.3", "objective=categorical_linear",
+         "objective.logits=[1,2,3]", "objective.rewards=[0,1,0]"],
+        ["estimator=reinforce", "task=train", "task.steps=7", "+objective.extra=1"],
+    ]  # fmt: skip
+    cache = {}
+    with _hydra_context():
+        for cell in cells:
+            cached = OmegaConf.to_yaml(compose_cached("config", cell, cache))
+            assert cached == OmegaConf.to_yaml(compose("config", overrides=cell))
+    assert len(cache) == 3  # the first two cells share one composition
