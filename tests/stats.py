@@ -12,6 +12,8 @@ from statistics import NormalDist
 
 import torch
 
+from estimators import Estimator
+
 
 def z_threshold(false_fail_rate: float, n_tests: int) -> float:
     """|z| above which a two-sided test rejects, Bonferroni over ``n_tests`` tests."""
@@ -35,3 +37,16 @@ def variance_z(samples: torch.Tensor, expected: torch.Tensor) -> torch.Tensor:
     s2 = centred.square().mean(0)
     m4 = centred.pow(4).mean(0)
     return (samples.var(0) - expected) / ((m4 - s2.square()) / r).sqrt()
+
+
+class Scaled(Estimator):
+    """Negative control: a correct estimator times 1.1 (a 10% bias)."""
+
+    def __init__(self, inner, factor=1.1):
+        self.inner, self.factor = inner, factor
+
+    def check(self, objective, theta, n_samples):
+        self.inner.check(objective, theta, n_samples)
+
+    def surrogate(self, objective, theta, n_samples):
+        return self.factor * self.inner.surrogate(objective, theta, n_samples)

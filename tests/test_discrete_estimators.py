@@ -23,7 +23,6 @@ from benchmarks.objectives.toy import BernoulliShared, GaussianCosine
 from estimators import (
     ARM,
     DisARM,
-    Estimator,
     GumbelSoftmax,
     LeaveOneOut,
     MeasureValued,
@@ -33,7 +32,7 @@ from estimators import (
     estimate_gradient,
     replicate_gradients,
 )
-from tests.stats import mean_z, variance_z, z_threshold
+from tests.stats import Scaled, mean_z, variance_z, z_threshold
 
 F64 = {"dtype": torch.float64}
 CONF = Path(__file__).parents[1] / "conf" / "estimator"
@@ -93,19 +92,6 @@ class DiagonalGaussianDot:
     def true_grad(self):
         mu, sigma = self.theta[: self.k], self.theta[self.k :]
         return torch.cat([2 * (mu @ self.w - self.c) * self.w, 2 * self.w**2 * sigma])
-
-
-class Scaled(Estimator):
-    """Negative control: a correct estimator times 1.1 (a 10% bias)."""
-
-    def __init__(self, inner, factor=1.1):
-        self.inner, self.factor = inner, factor
-
-    def check(self, objective, theta, n_samples):
-        self.inner.check(objective, theta, n_samples)
-
-    def surrogate(self, objective, theta, n_samples):
-        return self.factor * self.inner.surrogate(objective, theta, n_samples)
 
 
 def replicates(estimator, objective, n_samples, r, seed=0):

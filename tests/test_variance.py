@@ -18,7 +18,6 @@ from benchmarks.objectives import (
 )
 from estimators import (
     Baseline,
-    Estimator,
     LeaveOneOut,
     MovingAverage,
     NotApplicable,
@@ -28,7 +27,7 @@ from estimators import (
     estimate_gradient,
     replicate_gradients,
 )
-from tests.stats import mean_z, variance_z, z_threshold
+from tests.stats import Scaled, mean_z, variance_z, z_threshold
 
 F64 = {"dtype": torch.float64}
 N_SAMPLES, REPLICATES = 10, 100_000
@@ -89,19 +88,6 @@ def test_estimator_is_unbiased(estimator, objective):
     # Family-wise false-fail rate 1e-3 over all coordinates of all pairs.
     z, _ = replicate_z(estimator, objective)
     assert z.abs().max().item() < Z_UNBIASED, f"z = {z.tolist()}"
-
-
-class Scaled(Estimator):
-    """Negative control: a correct estimator times 1.1 (a 10% bias)."""
-
-    def __init__(self, inner, factor=1.1):
-        self.inner, self.factor = inner, factor
-
-    def check(self, objective, theta, n_samples):
-        self.inner.check(objective, theta, n_samples)
-
-    def surrogate(self, objective, theta, n_samples):
-        return self.factor * self.inner.surrogate(objective, theta, n_samples)
 
 
 class MeanIncludingSelf(Baseline):
