@@ -188,3 +188,15 @@ def build(cfg: DictConfig, device: torch.device | None = None):
     objective = _instantiate(cfg.objective, "objective", device=device, dtype=DTYPES[cfg.dtype])
     estimator = _instantiate(cfg.estimator, "estimator")
     return estimator, objective
+
+
+def measurement_settings(cfg: DictConfig) -> dict:
+    """The keyword arguments every measurement (toy, model, along training) takes from cfg."""
+    return {
+        "n_samples": cfg.n_samples,
+        "replicates": cfg.replicates,
+        "seed": cfg.seed,
+        "warmup_steps": cfg.task.warmup_steps,
+        "timing_min_run_time": cfg.task.timing_min_run_time,
+        "nonfinite": cfg.task.get("nonfinite", "record"),
+    }

@@ -31,6 +31,7 @@ import pandas as pd
 import torch
 from torch import Tensor
 
+from benchmarks.config import measurement_settings
 from benchmarks.measure import RECORD_COLUMNS, synchronize, time_call
 from estimators import Estimator, NotApplicable, Reparameterization
 
@@ -272,10 +273,5 @@ def model_cell(cfg, estimator, objective, estimator_name: str, objective_name: s
         objective,
         estimator_name=estimator_name,
         objective_name=objective_name,
-        n_samples=cfg.n_samples,
-        replicates=cfg.replicates,
-        seed=cfg.seed,
-        warmup_steps=cfg.task.warmup_steps,
-        timing_min_run_time=cfg.task.timing_min_run_time,
-        nonfinite=cfg.task.get("nonfinite", "record"),
+        **measurement_settings(cfg),
     )

@@ -19,7 +19,14 @@ import torch
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
-from benchmarks.config import ConfigError, build, config_hash, launcher_threads, resolve_device
+from benchmarks.config import (
+    ConfigError,
+    build,
+    config_hash,
+    launcher_threads,
+    measurement_settings,
+    resolve_device,
+)
 from benchmarks.measure import RECORD_COLUMNS, measure_variance
 from benchmarks.records import (
     RECORDS,
@@ -59,13 +66,8 @@ def run_cell(cfg: DictConfig, estimator_name: str, objective_name: str) -> pd.Da
         objective,
         estimator_name=estimator_name,
         objective_name=objective_name,
-        n_samples=cfg.n_samples,
-        replicates=cfg.replicates,
-        seed=cfg.seed,
-        warmup_steps=cfg.task.warmup_steps,
-        timing_min_run_time=cfg.task.timing_min_run_time,
         max_batch_samples=cfg.task.max_batch_samples,
-        nonfinite=cfg.task.get("nonfinite", "record"),
+        **measurement_settings(cfg),
     )
 
 

@@ -39,7 +39,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from tqdm import tqdm
 
-from benchmarks.config import ConfigError
+from benchmarks.config import ConfigError, measurement_settings
 from benchmarks.measure import measure_variance
 from benchmarks.measure_model import measure_model_variance, model_cell, true_gradient
 from benchmarks.records import write_parquet_atomic
@@ -285,8 +285,7 @@ def train_cell(cfg: DictConfig, estimator, objective, estimator_name: str, objec
         else:
             records = measure_variance(
                 estimator, objective, estimator_name=estimator_name,
-                objective_name=objective_name, n_samples=cfg.n_samples,
-                replicates=cfg.replicates, seed=cfg.seed,
+                objective_name=objective_name, **measurement_settings(cfg),
             )  # fmt: skip
         return records.assign(task="train")
     names = [estimator_name, *[n for n in (cfg.task.track or []) if n != estimator_name]]
@@ -301,12 +300,7 @@ def train_cell(cfg: DictConfig, estimator, objective, estimator_name: str, objec
         steps=cfg.task.steps,
         lr=float(cfg.task.lr),
         eval_every=cfg.task.eval_every,
-        n_samples=cfg.n_samples,
-        replicates=cfg.replicates,
-        seed=cfg.seed,
         eval_samples=cfg.task.eval_samples,
-        warmup_steps=cfg.task.warmup_steps,
-        timing_min_run_time=cfg.task.timing_min_run_time,
-        nonfinite=cfg.task.get("nonfinite", "record"),
+        **measurement_settings(cfg),
     )
     return records
