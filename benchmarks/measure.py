@@ -14,6 +14,7 @@ import pandas as pd
 import torch
 import torch.utils.benchmark as torch_benchmark
 from torch import Tensor
+from tqdm import tqdm
 
 from estimators import Estimator, NotApplicable, estimate_gradient, replicate_gradients
 
@@ -56,10 +57,12 @@ def replicate_gradients_chunked(
     """``replicate_gradients`` in chunks of at most ``max_batch_samples`` draws at a time.
 
     Bounded memory for large replicates × n_samples; each chunk is still one batched pass.
+    A measurement of several chunks shows a progress bar on a terminal (stderr).
     """
     per_chunk = max(1, max_batch_samples // n_samples)
     sizes = [min(per_chunk, replicates - start) for start in range(0, replicates, per_chunk)]
-    chunks = [replicate_gradients(estimator, objective, theta, n_samples, r) for r in sizes]
+    bar = tqdm(sizes, desc="replicates", unit="chunk", disable=None if len(sizes) > 1 else True)
+    chunks = [replicate_gradients(estimator, objective, theta, n_samples, r) for r in bar]
     return torch.cat(chunks)
 
 

@@ -160,3 +160,24 @@ def test_cached_composition_equals_hydras_own():
             cached = OmegaConf.to_yaml(compose_cached("config", cell, cache))
             assert cached == OmegaConf.to_yaml(compose("config", overrides=cell))
     assert len(cache) == 3  # the first two cells share one composition
+
+
+def test_a_measurement_in_several_chunks_shows_progress_on_a_terminal(monkeypatch):
+    import io
+    import sys
+
+    from benchmarks.measure import replicate_gradients_chunked
+    from benchmarks.objectives import GaussianQuadratic
+    from estimators import Reinforce
+
+    class Terminal(io.StringIO):
+        def isatty(self):
+            return True
+
+    objective = GaussianQuadratic()
+    for size, shown in ((10, True), (10_000, False)):  # 100 chunks of one replicate, then one
+        terminal = Terminal()
+        monkeypatch.setattr(sys, "stderr", terminal)
+        grads = replicate_gradients_chunked(Reinforce(), objective, objective.theta, 10, 100, size)
+        assert grads.shape == (100, 2)
+        assert ("replicates" in terminal.getvalue()) is shown
