@@ -93,11 +93,19 @@ def estimate_gradient(
 ) -> Tensor:
     """One gradient estimate from ``n_samples`` draws, shaped like ``theta``."""
     theta = theta.detach().requires_grad_(True)
-    loss = estimator.surrogate(objective, theta, n_samples).mean(0)
-    if loss.dim():  # batched theta; for a toy's [D] the mean is already a scalar
-        loss = loss.sum()
-    (grad,) = torch.autograd.grad(loss, theta)
+    (grad,) = torch.autograd.grad(
+        _mean_over_terms(estimator.surrogate(objective, theta, n_samples)), theta
+    )
     return grad
+
+
+def _mean_over_terms(surrogate: Tensor) -> Tensor:
+    """The surrogate's mean over its terms, summed over the batch: a scalar.
+
+    Written as a sum, then one division, because the backward of a sum broadcasts one
+    number where ``mean``'s backward writes 1/m into a tensor the surrogate's size.
+    """
+    return surrogate.sum() / surrogate.shape[0]
 
 
 def replicate_gradients(
@@ -115,7 +123,7 @@ def replicate_gradients(
     """
     copies = theta.detach().expand(replicates, *theta.shape).clone().requires_grad_(True)
     surrogate = estimator.surrogate(objective, copies, n_samples)  # [n_samples, replicates]
-    (grads,) = torch.autograd.grad(surrogate.mean(0).sum(), copies)
+    (grads,) = torch.autograd.grad(_mean_over_terms(surrogate), copies)
     return grads
 
 

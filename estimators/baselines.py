@@ -16,6 +16,7 @@ import torch
 from torch import Tensor
 
 from estimators.base import NotApplicable, StochasticObjective
+from estimators.scores import per_sample_scores, sample, score_square_sums, square_sums
 
 
 class Baseline:
@@ -119,21 +120,17 @@ class OptimalConstant(Baseline):
     def _fit(self, objective, dist, theta, x, f):
         m = self.n_extra or f.shape[0]
         theta = theta.detach()
-        x_extra = dist.sample((m,))  # [M, *batch, *event]
-        scored = x_extra if x is None else torch.cat([x, x_extra])  # [N + M, ...]
-        with torch.enable_grad():
-            # One leaf copy of theta per scored sample, so one backward pass yields every
-            # sample's own score vector.
-            copies = theta.expand(scored.shape[0], *theta.shape).clone().requires_grad_(True)
-            log_p = objective.distribution(copies).log_prob(scored)  # [N + M, *batch]
-            (scores,) = torch.autograd.grad(log_p.sum(), copies)  # [N + M, *batch, D]
-        score = scores[scored.shape[0] - m :]  # the extra draws' scores, [M, *batch, D]
-        f_extra = objective.cost(x_extra).detach().unsqueeze(-1)  # [M, *batch, 1]
-        score_sq = score.square()
-        denominator = score_sq.sum(0)
+        x_extra = sample(dist, (m,))  # [M, *batch, *event]
+        f_extra = objective.cost(x_extra).detach()  # [M, *batch]
+        if x is None:
+            weighted, total = score_square_sums(objective, theta, x_extra, f_extra)
+            scores = None
+        else:  # score both sets of samples in one go
+            scores = per_sample_scores(objective, theta, torch.cat([x, x_extra]))
+            weighted, total = square_sums(scores[x.shape[0] :], f_extra)
+            scores = scores[: x.shape[0]]  # [N, *batch, D]
         # A coordinate whose score is zero on every extra sample gets b = 0.
-        b = (f_extra * score_sq).sum(0) / denominator.clamp_min(torch.finfo(f.dtype).tiny)
-        return b, (None if x is None else scores[: x.shape[0]])
+        return weighted / total.clamp_min(torch.finfo(f.dtype).tiny), scores
 
 
 class Learned(Baseline):

@@ -6,6 +6,7 @@ from torch import Tensor
 
 from estimators.base import Estimator, StochasticObjective
 from estimators.baselines import Baseline
+from estimators.scores import revalidation_skipped, sample, with_score
 
 # Up to this many samples (N × batch), a per-coordinate baseline that can score the
 # estimate's samples together with its own extra draws (one backward pass, then
@@ -47,24 +48,26 @@ class Reinforce(Estimator):
 
     def surrogate(self, objective: StochasticObjective, theta: Tensor, n_samples: int) -> Tensor:
         dist = objective.distribution(theta)
-        x = dist.sample((n_samples,))  # [N, *batch, *event]
+        x = sample(dist, (n_samples,))  # [N, *batch, *event]
         f = objective.cost(x)  # [N, *batch]
-        # f itself stays in the surrogate so that parameters of f (a decoder) get their
-        # pathwise gradient; x is a plain sample, so no gradient reaches θ through f.
+        # f itself stays in the surrogate (its value is f) so that parameters of f (a
+        # decoder) get their pathwise gradient; x is a plain sample, so no gradient
+        # reaches θ through f. ``with_score`` adds weight · ∇θ log p_θ(x) to the gradient.
         if hasattr(self.baseline, "with_scores") and f.numel() <= PER_SAMPLE_SCORE_LIMIT:
             # The baseline scored our samples along with its own: (f − b_k) s_k is known
             # per sample, and θ·that (detached) has exactly that gradient.
             b, score = self.baseline.with_scores(objective, dist, theta, x, f)
             weight = (f.detach().unsqueeze(-1) - b.detach()) * score  # [N, *batch, D]
             return f + (theta * weight.detach()).sum(-1)
-        log_p = dist.log_prob(x)  # [N, *batch]
         if self.baseline is None:
-            return f + f.detach() * log_p
+            return with_score(f, dist, x, f.detach())
         b = self.baseline(objective, theta, x, f).detach()
         if not self.baseline.per_coordinate:
-            return f + (f.detach() - b) * log_p
-        # b [*batch, D] holds one constant per coordinate. Evaluating log p at
-        # θ̄ + (θ − θ̄)·b (θ̄ = θ detached) has gradient b_k ∂_k log p_θ(x) in
-        # coordinate k, which is exactly the baseline term to subtract.
+            return with_score(f, dist, x, f.detach() - b)
+        # b [*batch, D] holds one constant per coordinate. The score of p at
+        # θ̄ + (θ − θ̄)·b (θ̄ = θ detached) is b_k ∂_k log p_θ(x) in coordinate k, which is
+        # exactly the baseline term to subtract.
         scaled = theta.detach() + (theta - theta.detach()) * b
-        return f + f.detach() * log_p - objective.distribution(scaled).log_prob(x)
+        with revalidation_skipped():  # the values of theta, already checked in dist
+            scaled_dist = objective.distribution(scaled)
+        return with_score(with_score(f, dist, x, f.detach()), scaled_dist, x, -1.0)
