@@ -123,10 +123,10 @@ class OptimalConstant(Baseline):
         x_extra = sample(dist, (m,))  # [M, *batch, *event]
         f_extra = objective.cost(x_extra).detach()  # [M, *batch]
         if x is None:
-            weighted, total = score_square_sums(objective, theta, x_extra, f_extra)
+            weighted, total = score_square_sums(objective, theta, x_extra, f_extra, dist)
             scores = None
         else:  # score both sets of samples in one go
-            scores = per_sample_scores(objective, theta, torch.cat([x, x_extra]))
+            scores = per_sample_scores(objective, theta, torch.cat([x, x_extra]), dist)
             weighted, total = square_sums(scores[x.shape[0] :], f_extra)
             scores = scores[: x.shape[0]]  # [N, *batch, D]
         # A coordinate whose score is zero on every extra sample gets b = 0.

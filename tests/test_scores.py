@@ -86,10 +86,16 @@ def test_with_score_has_the_gradients_of_weight_times_log_prob(name):
     (s_a,) = torch.autograd.grad(with_score(value, make(theta), x, weight).sum() / 3, theta)
     (s_r,) = torch.autograd.grad((value + weight * make(theta).log_prob(x)).sum() / 3, theta)
     torch.testing.assert_close(s_a, s_r)
+    # A weight that is one number, through a sum (both folded into one factor).
+    (c_a,) = torch.autograd.grad(with_score(value, make(theta), x, -0.5).sum(), theta)
+    (c_r,) = torch.autograd.grad((value - 0.5 * make(theta).log_prob(x)).sum(), theta)
+    torch.testing.assert_close(c_a, c_r)
 
 
+@pytest.mark.parametrize("path", ["copies", "forward_mode"])
 @pytest.mark.parametrize("name", FAMILIES)
-def test_per_sample_scores_and_square_sums_match_autograd_per_sample(name):
+def test_per_sample_scores_and_square_sums_match_autograd_per_sample(name, path, monkeypatch):
+    monkeypatch.setattr(scores, "FORWARD_MODE_ABOVE", 10**9 if path == "copies" else 0)
     make, theta, x = _setup(name, batch=(4,), n=5)
     objective = Objective(make)
     copies = theta.expand(x.shape[0], *theta.shape).clone().requires_grad_(True)
