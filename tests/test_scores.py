@@ -41,6 +41,10 @@ FAMILIES = {
     ),
     "categorical_logits": (lambda t: Categorical(logits=t), 3),
     "categorical_probs": (lambda t: Categorical(probs=torch.softmax(t, -1)), 4),
+    "independent_categorical": (
+        lambda t: Independent(Categorical(logits=t.reshape(*t.shape[:-1], 2, 3)), 1),
+        6,
+    ),
     "gamma_fallback": (lambda t: Gamma(t[..., 0].exp(), t[..., 1].exp()), 2),
 }
 
