@@ -38,6 +38,8 @@ ROWS = [
     ("missing-config-name", ["run", "--config-name", "nope"], "Cannot find primary config"),
     ("missing-config-dir", ["run", "--config-dir", "no/such/dir"], "--config-dir: no such folder"),
     # Values.
+    ("train-steps", ["run", "task=train", "task.steps=0"], "task.steps must be a positive"),
+    ("train-compile", ["run", "task=train", "task.compile=maybe"], "task.compile must be true"),
     ("n-samples-zero", ["run", "n_samples=0"], "n_samples must be at least 1, got 0"),
     ("n-samples-negative", ["run", "n_samples=-5"], "n_samples must be at least 1, got -5"),
     ("replicates-one", ["run", "replicates=1"], "replicates must be at least 2"),

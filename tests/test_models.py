@@ -317,6 +317,31 @@ def test_train_on_a_toy_reduces_the_optimality_gap(tmp_path):
     assert log["optimality_gap"].iloc[-1] < 0.1 * log["optimality_gap"].iloc[0]
 
 
+# torch 2.13's compile stack calls its own deprecated APIs (torch.jit.script_method, and
+# instantiating the custom autograd Function of estimators.scores).
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")
+def test_train_with_compile_runs_through_torch_compile_and_still_learns(tmp_path):
+    import torch._dynamo
+
+    torch._dynamo.reset()
+    torch._dynamo.utils.counters.clear()
+    out = tmp_path / "compiled"
+    code = main([
+        "run", "objective=vae_bernoulli", "estimator=reinforce_loo", "task=train",
+        "task.compile=true", "task.steps=40", "task.eval_every=40", "task.lr=0.01",
+        "replicates=10", "objective.true_grad=none", "task.timing_min_run_time=0.001",
+        "threads=1", *SMALL, f"hydra.run.dir={out}",
+    ])  # fmt: skip
+    assert code == 0
+    # The steps ran compiled: dynamo captured a graph (and compiled it only once).
+    assert torch._dynamo.utils.counters["stats"]["unique_graphs"] >= 1
+    log = pd.read_parquet(out / "train.parquet")
+    assert list(log["step"]) == list(range(41)) and log["loss"].notna().all()
+    evaluated = log.dropna(subset=["heldout_elbo"])
+    assert evaluated["heldout_elbo"].iloc[-1] > evaluated["heldout_elbo"].iloc[0]
+    torch._dynamo.reset()
+
+
 # -- data -------------------------------------------------------------------------------
 
 

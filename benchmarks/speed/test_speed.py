@@ -167,6 +167,11 @@ COMPILE_CASES = [
 )
 # torch 2.13's compile stack calls its own deprecated torch.jit.script_method on import.
 @pytest.mark.filterwarnings("ignore:`torch.jit.script_method` is deprecated:DeprecationWarning")
+# ... and dynamo instantiates custom autograd Functions (estimators.scores), which torch
+# itself deprecates.
+@pytest.mark.filterwarnings(
+    "ignore:<class 'torch.autograd.function.Function'> should not:DeprecationWarning"
+)
 @pytest.mark.parametrize(("toy", "estimator"), COMPILE_CASES, ids=_ids(COMPILE_CASES))
 def test_replicates_compiled(benchmark, toy, estimator):
     """``replicate_gradients``' surrogate under ``torch.compile``, next to batched and floor.
@@ -255,3 +260,46 @@ def test_model_replicates(benchmark, model, estimator, side):
     replicates = 2 if benchmark.disabled else MODEL_REPLICATES
     grads = _run(benchmark, lambda: torch.stack([one_estimate() for _ in range(replicates)]))
     assert grads.shape[0] == replicates
+
+
+# --- opt-in: a training step under torch.compile (task.compile=true) ----------------------
+
+TRAIN_COMPILE_CASES = [(m, e, side) for m in MODEL_NAMES[:1] for e in ("reinforce", "reparam")
+                       for side in ("eager", "compiled")]  # fmt: skip
+
+
+@pytest.mark.skipif(
+    os.environ.get("GRADBENCH_BENCH_COMPILE") != "1",
+    reason="torch.compile benchmarks are opt-in: GRADBENCH_BENCH_COMPILE=1 (~10-20 s compile each)",
+)
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")  # torch's compile stack, as above
+@pytest.mark.parametrize(
+    ("model", "estimator", "side"), TRAIN_COMPILE_CASES, ids=_ids(TRAIN_COMPILE_CASES)
+)
+def test_train_step_compiled(benchmark, model, estimator, side):
+    """One ``task=train`` step (fresh minibatch, loss, backward, Adam) eager or compiled."""
+    benchmark.group = f"train step {model} N={MODEL_N}"
+    benchmark.extra_info.update(
+        toy=model, estimator=estimator, role=side, comparison="eager / compiled",
+        size=f"N={MODEL_N}",
+    )  # fmt: skip
+    objective = make_model.__wrapped__(model, DEVICE)  # a fresh copy: training changes it
+    est = make_estimator(estimator)
+    optimizer = torch.optim.Adam(objective.parameters(), lr=1e-3)
+    generator = torch.Generator().manual_seed(0)
+    loss_fn = lambda: objective.loss(est, MODEL_N)  # noqa: E731
+    if side == "compiled":
+        loss_fn = torch.compile(loss_fn)
+
+    def step():
+        objective.next_batch(generator)
+        optimizer.zero_grad()
+        loss = loss_fn()
+        loss.backward()
+        optimizer.step()
+        return loss
+
+    for _ in range(WARMUP_STEPS):  # compiles, too
+        step()
+    loss = _run(benchmark, step)
+    assert torch.isfinite(loss)
