@@ -312,13 +312,18 @@ def score_square_sums(
         weighted = _per_category(x, f, k).unsqueeze(-1)  # [*batch, K, 1]
         counts = _per_category(x, torch.ones_like(f), k).unsqueeze(-1)
         return (table * weighted).sum(-2), (table * counts).sum(-2)
-    return square_sums(per_sample_scores(objective, theta, x, dist), f)
+    return square_sums(per_sample_scores(objective, theta, x, dist), f, owned=True)
 
 
-def square_sums(scores: Tensor, f: Tensor) -> tuple[Tensor, Tensor]:
-    """(Σ_i f_i s_ik², Σ_i s_ik²) from per-sample scores [M, *batch, D] and f [M, *batch]."""
-    squares = scores.movedim(-1, 0).square()  # [D, M, *batch]: contiguous per coordinate
-    return (squares * f).sum(1).movedim(0, -1), squares.sum(1).movedim(0, -1)
+def square_sums(scores: Tensor, f: Tensor, *, owned: bool = False) -> tuple[Tensor, Tensor]:
+    """(Σ_i f_i s_ik², Σ_i s_ik²) from per-sample scores [M, *batch, D] and f [M, *batch].
+
+    ``owned``: ``scores`` is a temporary of the caller's, to be squared in place.
+    """
+    squares = scores.movedim(-1, 0)  # [D, M, *batch]
+    squares = squares.square_() if owned else squares.square()
+    total = squares.sum(1)
+    return squares.mul_(f).sum(1).movedim(0, -1), total.movedim(0, -1)
 
 
 def _per_category(x: Tensor, w: Tensor, k: int) -> Tensor:

@@ -87,7 +87,8 @@ class GaussianQuadratic(ToyObjective):
         return Normal(theta[..., 0], theta[..., 1])
 
     def cost(self, x):
-        return (x - self.target) ** 2
+        d = x - self.target
+        return d * d  # its backward takes 2 passes fewer than (x − target)**2's
 
     def exact_value(self, theta):
         return (theta[..., 0] - self.target) ** 2 + theta[..., 1] ** 2
