@@ -48,6 +48,21 @@ def test_reinforce_single_sample_is_f_times_score(quadratic):
     torch.testing.assert_close(grad, (x - TARGET) ** 2 * gaussian_score(x), rtol=1e-12, atol=0)
 
 
+@pytest.mark.parametrize("baseline", [None, LeaveOneOut(), OptimalConstant()])
+def test_reinforce_surrogate_value_is_the_cost_of_its_samples(quadratic, baseline, monkeypatch):
+    """The score terms add to the gradient only (estimators.scores.with_score). The
+    optimal baseline is taken on its two-pass path, whose value is f as well."""
+    import estimators.score_function
+
+    monkeypatch.setattr(estimators.score_function, "PER_SAMPLE_SCORE_LIMIT", 0)
+    theta = quadratic.theta.expand(3, 2).clone().requires_grad_(True)
+    torch.manual_seed(4)
+    surrogate = Reinforce(baseline).surrogate(quadratic, theta, 5)
+    torch.manual_seed(4)
+    x = quadratic.distribution(theta.detach()).sample((5,))
+    torch.testing.assert_close(surrogate, quadratic.cost(x), rtol=1e-12, atol=0)
+
+
 def test_reparam_single_sample_is_pathwise_derivative(quadratic):
     torch.manual_seed(2)
     grad = estimate_gradient(Reparameterization(), quadratic, quadratic.theta, 1)
