@@ -23,7 +23,7 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # as the suite (conftest.py
 import torch  # noqa: E402
 
 from benchmarks.speed import reference  # noqa: E402
-from benchmarks.speed.cases import TOY_NAMES, make_estimator, make_toy  # noqa: E402
+from benchmarks.speed.cases import ESTIMATORS, TOY_NAMES, make_estimator, make_toy  # noqa: E402
 from estimators import estimate_gradient, replicate_gradients  # noqa: E402
 
 TARGET = 1.5
@@ -58,11 +58,7 @@ def interleaved_ratio(toy, estimator, *, samples, replicates, rounds, device) ->
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--toys", nargs="*", default=TOY_NAMES)
-    parser.add_argument(
-        "--estimators",
-        nargs="*",
-        default=[*reference.REFERENCE_ESTIMATORS, *reference.REFERENCE_ESTIMATORS_PATHWISE],
-    )
+    parser.add_argument("--estimators", nargs="*", default=ESTIMATORS)
     parser.add_argument("--samples", type=int, default=1000)
     parser.add_argument("--replicates", type=int, default=1000)
     parser.add_argument("--rounds", type=int, default=25)

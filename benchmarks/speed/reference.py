@@ -51,6 +51,8 @@ REFERENCE_ESTIMATORS_PATHWISE = ("reparam",)
 
 def has_reference(toy: str, estimator: str) -> bool:
     """Whether this module has a plain implementation and a floor for the pair."""
+    if estimator in ANTITHETIC:
+        return toy == "bernoulli_threshold"
     if estimator in REFERENCE_ESTIMATORS:
         return toy in PLAIN_TOYS
     return estimator in REFERENCE_ESTIMATORS_PATHWISE and toy in GAUSSIAN_COSTS
@@ -72,6 +74,8 @@ class PlainEstimate:
         self.average = None
 
     def __call__(self, theta: Tensor, n: int) -> Tensor:
+        if self.estimator in ANTITHETIC:
+            return plain_antithetic(self.estimator, theta, n)
         theta = theta.detach().requires_grad_(True)
         if self.estimator == "reparam":
             x = self.dist_fn(theta).rsample((n,))
@@ -114,6 +118,47 @@ class PlainEstimate:
         return ((f[:, None] - b) * score).mean(0)
 
 
+# --- antithetic pairs (ARM, DisARM) on bernoulli_threshold ---------------------------------
+# Both draw one uniform per pair, u [pairs, *batch], as the library does, so plain, floor
+# and library see the same numbers under one seed.
+
+
+def _pair_weights(estimator, phi, u, f, f_tilde):
+    """The per-pair gradient with respect to the logit, before averaging over pairs."""
+    if estimator == "arm":
+        return (f_tilde - f) * (u - 0.5)
+    b, b_tilde = u < torch.sigmoid(phi), u > torch.sigmoid(-phi)
+    sign = 1.0 - 2.0 * b_tilde.to(phi.dtype)
+    return 0.5 * (f - f_tilde) * sign * (b != b_tilde).to(phi.dtype) * torch.sigmoid(phi.abs())
+
+
+def _antithetic_draw(phi, pairs):
+    u = torch.rand((pairs, *phi.shape), dtype=phi.dtype, device=phi.device)
+    b = (u < torch.sigmoid(phi)).to(phi.dtype)
+    b_tilde = (u > torch.sigmoid(-phi)).to(phi.dtype)
+    return u, (b - 0.45) ** 2, (b_tilde - 0.45) ** 2
+
+
+def plain_antithetic(estimator: str, theta: Tensor, n: int) -> Tensor:
+    """One ARM or DisARM estimate on ``bernoulli_threshold``, with a surrogate g · φ."""
+    theta = theta.detach().requires_grad_(True)
+    logits = Bernoulli(logits=theta[..., 0]).logits
+    u, f, f_tilde = _antithetic_draw(logits.detach(), n // 2)
+    g = _pair_weights(estimator, logits.detach(), u, f, f_tilde)
+    (grad,) = torch.autograd.grad((g * logits).mean(), theta)
+    return grad
+
+
+def fused_antithetic(estimator: str, theta: Tensor, n: int, r: int) -> Tensor:
+    """``r`` ARM or DisARM estimates [r, 1] from n / 2 pairs each: the mean pair weight."""
+    phi = theta[0].expand(r)
+    u, f, f_tilde = _antithetic_draw(phi, n // 2)
+    return _pair_weights(estimator, phi, u, f, f_tilde).mean(0).unsqueeze(-1)
+
+
+ANTITHETIC = ("arm", "disarm")
+
+
 # --- the floor: R replicate estimates in one fused expression ---------------------------
 
 
@@ -145,6 +190,8 @@ def fused_replicates(
     toy: str, estimator: str, theta: Tensor, n: int, r: int, ema_baseline: float = 0.0
 ) -> Tensor:
     """``r`` independent estimates [r, D] from ``n`` draws each, with analytic scores."""
+    if estimator in ANTITHETIC:
+        return fused_antithetic(estimator, theta, n, r)
     shape = (n, r)
     if toy in GAUSSIAN_COSTS:
         mu, sigma = float(theta[0]), float(theta[1])
