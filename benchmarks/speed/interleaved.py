@@ -35,12 +35,11 @@ def interleaved_ratio(toy, estimator, *, samples, replicates, rounds, device) ->
     est = make_estimator(estimator)
     for _ in range(10):  # warm-up, as the suite: warms moving averages
         estimate_gradient(est, objective, objective.theta, 10)
-    ema = getattr(getattr(est, "baseline", None), "value", None)
-    ema = 0.0 if ema is None else float(ema)
+    baseline = reference.baseline_value(est, objective.theta)
     sides = (
         lambda: replicate_gradients(est, objective, objective.theta, samples, replicates),
         lambda: reference.fused_replicates(
-            toy, estimator, objective.theta, samples, replicates, ema
+            toy, estimator, objective.theta, samples, replicates, baseline
         ),
     )
     best = [float("inf"), float("inf")]

@@ -45,7 +45,9 @@ GAUSSIAN_COSTS = {  # f and f' for the Gaussian toys, for the pathwise floor
     "gaussian_quadratic": (lambda x: x * x, lambda x: 2.0 * x),
     "gaussian_cosine": (torch.cos, lambda x: -torch.sin(x)),
 }
-REFERENCE_ESTIMATORS = ("reinforce", "reinforce_loo", "reinforce_ema", "reinforce_optimal")
+REFERENCE_ESTIMATORS = (
+    "reinforce", "reinforce_loo", "reinforce_ema", "reinforce_learned", "reinforce_optimal",
+)  # fmt: skip
 REFERENCE_ESTIMATORS_PATHWISE = ("reparam",)
 
 
@@ -58,13 +60,27 @@ def has_reference(toy: str, estimator: str) -> bool:
     return estimator in REFERENCE_ESTIMATORS_PATHWISE and toy in GAUSSIAN_COSTS
 
 
+def baseline_value(estimator, theta: Tensor) -> float:
+    """The constant a moving-average or learned baseline subtracts in the next call at
+    ``theta`` (0 for others): what the floor subtracts. The learned baseline's training
+    step after it changes later calls, not this one."""
+    baseline = getattr(estimator, "baseline", None)
+    if getattr(baseline, "net", None) is not None:
+        with torch.no_grad():
+            return float(baseline.net(theta))
+    value = getattr(baseline, "value", None)
+    return 0.0 if value is None else float(value)
+
+
 # --- one estimate, written plainly -------------------------------------------------------
 
 
 class PlainEstimate:
     """One gradient estimate of ``estimator`` on ``toy``, the way one would write it inline.
 
-    ``reinforce_ema`` keeps its moving average here, as the library does.
+    ``reinforce_ema`` keeps its moving average here, as the library does, and
+    ``reinforce_learned`` its MLP baseline (conf/estimator/reinforce_learned.yaml: 32 tanh
+    units, one Adam step at lr 0.01 per call).
     """
 
     def __init__(self, toy: str, estimator: str, decay: float = 0.9):
@@ -72,6 +88,7 @@ class PlainEstimate:
         self.estimator = estimator
         self.decay = decay
         self.average = None
+        self.net = self.optimizer = None
 
     def __call__(self, theta: Tensor, n: int) -> Tensor:
         if self.estimator in ANTITHETIC:
@@ -99,10 +116,29 @@ class PlainEstimate:
                 else self.decay * self.average + (1 - self.decay) * mean
             )
             weight = f - baseline
+        elif self.estimator == "reinforce_learned":
+            weight = f - self._learned(theta.detach(), f)
         else:
             raise ValueError(f"no plain implementation of {self.estimator}")
         (grad,) = torch.autograd.grad((weight * dist.log_prob(x)).mean(), theta)
         return grad
+
+    def _learned(self, theta, f):
+        """b = MLP(θ), then one Adam step on (f − MLP(θ))²."""
+        if self.net is None:
+            self.net = torch.nn.Sequential(
+                torch.nn.Linear(theta.shape[-1], 32), torch.nn.Tanh(), torch.nn.Linear(32, 1)
+            ).to(device=theta.device, dtype=theta.dtype)
+            with torch.no_grad():
+                self.net[2].weight.zero_()
+                self.net[2].bias.fill_(float(f.mean()))
+            self.optimizer = torch.optim.Adam(self.net.parameters(), lr=0.01)
+        with torch.no_grad():
+            b = self.net(theta).squeeze(-1)
+        self.optimizer.zero_grad()
+        (f - self.net(theta).squeeze(-1)).square().mean().backward()
+        self.optimizer.step()
+        return b
 
     def _optimal(self, theta, n, x, f):
         # Per-sample scores from one backward over per-sample copies of theta, for the
@@ -162,7 +198,7 @@ ANTITHETIC = ("arm", "disarm")
 # --- the floor: R replicate estimates in one fused expression ---------------------------
 
 
-def _combine(estimator, f, scores, extra, ema_baseline):
+def _combine(estimator, f, scores, extra, baseline):
     """Replicate estimates [R, D] from costs f [N, R] and per-coordinate scores [N, R] each.
 
     ``extra`` = (f_extra, squared scores of the extra draws), for the optimal baseline.
@@ -172,8 +208,8 @@ def _combine(estimator, f, scores, extra, ema_baseline):
         weight = f
     elif estimator == "reinforce_loo":
         weight = (n * f - f.sum(0)) / (n - 1)
-    elif estimator == "reinforce_ema":
-        weight = f - ema_baseline
+    elif estimator in ("reinforce_ema", "reinforce_learned"):
+        weight = f - baseline  # the moving average or the learned b(θ), one number
     elif estimator == "reinforce_optimal":
         f_extra, squares = extra
         grads = []
@@ -187,7 +223,7 @@ def _combine(estimator, f, scores, extra, ema_baseline):
 
 
 def fused_replicates(
-    toy: str, estimator: str, theta: Tensor, n: int, r: int, ema_baseline: float = 0.0
+    toy: str, estimator: str, theta: Tensor, n: int, r: int, baseline: float = 0.0
 ) -> Tensor:
     """``r`` independent estimates [r, D] from ``n`` draws each, with analytic scores."""
     if estimator in ANTITHETIC:
@@ -209,7 +245,7 @@ def fused_replicates(
             eps_e = torch.randn(shape, dtype=theta.dtype, device=theta.device)
             sq = eps_e * eps_e
             extra = (cost(torch.add(mu, eps_e, alpha=sigma)), (sq, (sq - 1) ** 2))
-        return _combine(estimator, f, scores, extra, ema_baseline)
+        return _combine(estimator, f, scores, extra, baseline)
     if toy == "bernoulli_threshold":
         p = torch.sigmoid(theta[0])
         b = (torch.rand(shape, dtype=theta.dtype, device=theta.device) < p).to(theta.dtype)
@@ -218,13 +254,13 @@ def fused_replicates(
         if estimator == "reinforce_optimal":
             b_e = (torch.rand(shape, dtype=theta.dtype, device=theta.device) < p).to(theta.dtype)
             extra = ((b_e - 0.45) ** 2, ((b_e - p) ** 2,))
-        return _combine(estimator, f, (b - p,), extra, ema_baseline)
+        return _combine(estimator, f, (b - p,), extra, baseline)
     if toy == "categorical_linear":
-        return _categorical(estimator, theta, n, r, ema_baseline)
+        return _categorical(estimator, theta, n, r, baseline)
     raise ValueError(f"no floor for {toy}")
 
 
-def _categorical(estimator, logits, n, r, ema_baseline):
+def _categorical(estimator, logits, n, r, baseline):
     # Score of z for logit k: 1[z = k] − p_k. Sums of f·1[z = k] are scatter-adds, so the
     # one-hot [N, R, K] is never built.
     rewards = REWARDS.to(logits.device, logits.dtype)
@@ -251,8 +287,8 @@ def _categorical(estimator, logits, n, r, ema_baseline):
         w = f
     elif estimator == "reinforce_loo":
         w = (n * f - f.sum(1, keepdim=True)) / (n - 1)
-    elif estimator == "reinforce_ema":
-        w = f - ema_baseline
+    elif estimator in ("reinforce_ema", "reinforce_learned"):
+        w = f - baseline
     else:
         raise ValueError(f"no floor for {estimator}")
     return (per_category(z, w) - p * w.sum(1, keepdim=True)) / n

@@ -142,11 +142,10 @@ def test_replicates_large(benchmark, toy, estimator, side):
     if side == "batched":
         fn = lambda: replicate_gradients(est, obj, obj.theta, 1000, REPLICATES)  # noqa: E731
     else:
-        # The moving average the library would subtract after its warm-up.
-        ema = getattr(getattr(est, "baseline", None), "value", None)
-        ema = 0.0 if ema is None else float(ema)
+        # The moving average or learned baseline the library subtracts after its warm-up.
+        baseline = reference.baseline_value(est, obj.theta)
         fn = lambda: reference.fused_replicates(  # noqa: E731
-            toy, estimator, obj.theta, 1000, REPLICATES, ema
+            toy, estimator, obj.theta, 1000, REPLICATES, baseline
         )
     grads = _run(benchmark, fn)
     assert grads.shape == (REPLICATES, *obj.theta.shape)
