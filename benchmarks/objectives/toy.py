@@ -178,7 +178,7 @@ class CategoricalLinear(ToyObjective):
 
     def relaxed_cost(self, y):
         """f on probability vectors y [..., K]: y @ rewards, rewards[z] at one_hot(z)."""
-        return y @ self.rewards
+        return y @ self.rewards.to(y.dtype)
 
     def exact_value(self, theta):
         return (torch.softmax(theta, -1) * self.rewards).sum(-1)

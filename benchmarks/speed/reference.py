@@ -13,7 +13,11 @@ Two kinds, both written without any gradbench abstraction:
 Both are keyed by toy name and estimator name and use the toys' default settings
 (conf/objective/*.yaml): they are checked against the library in ``test_references.py``.
 Noise is drawn as [N, R] (sample dimension first), as ``torch.distributions`` draws it, so
-the Gaussian floors see the very same numbers as the library under the same seed.
+the references see the very same numbers as the library under the same seed.
+
+This module covers the REINFORCE family, ``reparam``, ARM and DisARM; the relaxations
+(``reference_relaxed``) and the measure-valued estimator (``reference_measure_valued``)
+have their own modules, dispatched from here.
 """
 
 from __future__ import annotations
@@ -21,6 +25,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 from torch.distributions import Bernoulli, Categorical, Normal
+
+from benchmarks.speed import reference_measure_valued, reference_relaxed
 
 # --- the toys in plain torch -------------------------------------------------------------
 # Each toy: its distribution from theta [*batch, D], its cost f(x), and (for Gaussians) f'(x).
@@ -51,8 +57,15 @@ REFERENCE_ESTIMATORS = (
 REFERENCE_ESTIMATORS_PATHWISE = ("reparam",)
 
 
+# References written in their own modules: (toy, estimator) -> plain and floor functions.
+OTHER_PLAIN = {**reference_relaxed.PLAIN, **reference_measure_valued.PLAIN}
+OTHER_FLOOR = {**reference_relaxed.FLOOR, **reference_measure_valued.FLOOR}
+
+
 def has_reference(toy: str, estimator: str) -> bool:
     """Whether this module has a plain implementation and a floor for the pair."""
+    if (toy, estimator) in OTHER_PLAIN:
+        return (toy, estimator) in OTHER_FLOOR
     if estimator in ANTITHETIC:
         return toy == "bernoulli_threshold"
     if estimator in REFERENCE_ESTIMATORS:
@@ -85,12 +98,14 @@ class PlainEstimate:
 
     def __init__(self, toy: str, estimator: str, decay: float = 0.9):
         self.dist_fn, self.cost_fn = PLAIN_TOYS[toy]
-        self.estimator = estimator
+        self.toy, self.estimator = toy, estimator
         self.decay = decay
         self.average = None
         self.net = self.optimizer = None
 
     def __call__(self, theta: Tensor, n: int) -> Tensor:
+        if (self.toy, self.estimator) in OTHER_PLAIN:
+            return OTHER_PLAIN[self.toy, self.estimator](theta, n)
         if self.estimator in ANTITHETIC:
             return plain_antithetic(self.estimator, theta, n)
         theta = theta.detach().requires_grad_(True)
@@ -124,7 +139,8 @@ class PlainEstimate:
         return grad
 
     def _learned(self, theta, f):
-        """b = MLP(θ), then one Adam step on (f − MLP(θ))²."""
+        """b = MLP(θ), then one Adam step on (mean f − MLP(θ))², which has the gradient of
+        mean (f − MLP(θ))², as the library fits it."""
         if self.net is None:
             self.net = torch.nn.Sequential(
                 torch.nn.Linear(theta.shape[-1], 32), torch.nn.Tanh(), torch.nn.Linear(32, 1)
@@ -136,7 +152,7 @@ class PlainEstimate:
         with torch.no_grad():
             b = self.net(theta).squeeze(-1)
         self.optimizer.zero_grad()
-        (f - self.net(theta).squeeze(-1)).square().mean().backward()
+        (f.mean(0) - self.net(theta).squeeze(-1)).square().mean().backward()
         self.optimizer.step()
         return b
 
@@ -226,6 +242,8 @@ def fused_replicates(
     toy: str, estimator: str, theta: Tensor, n: int, r: int, baseline: float = 0.0
 ) -> Tensor:
     """``r`` independent estimates [r, D] from ``n`` draws each, with analytic scores."""
+    if (toy, estimator) in OTHER_FLOOR:
+        return OTHER_FLOOR[toy, estimator](theta, n, r)
     if estimator in ANTITHETIC:
         return fused_antithetic(estimator, theta, n, r)
     shape = (n, r)
