@@ -138,7 +138,8 @@ class BernoulliThreshold(ToyObjective):
 
     def relaxed_cost(self, y):
         """f on relaxed bits y in [0, 1] (for the relaxation estimators)."""
-        return (y - self.target) ** 2
+        d = y - self.target
+        return d * d  # as GaussianQuadratic.cost: a cheaper backward than d**2
 
     def exact_value(self, theta):
         p = torch.sigmoid(theta[..., 0])
