@@ -96,22 +96,14 @@ class MeasureValued(Estimator):
             w_minus = (-2.0 * torch.log1p(-torch.rand(shape, **opts))).sqrt()
             x0 = mu + sigma * torch.randn(shape, **opts)
 
-        # Copy j of x⁰ with coordinate j replaced by v_j, for all j: [N, K, *batch, K].
-        own = torch.eye(k, dtype=torch.bool, device=mu.device)
-        own = own.reshape(k, *[1] * len(batch), k)
-
-        def replace(v: Tensor) -> Tensor:
-            return torch.where(own, v.unsqueeze(1), x0.unsqueeze(1))
-
-        points = torch.cat(
-            [
-                x0.unsqueeze(1),
-                replace(mu + sigma * w),
-                replace(mu - sigma * w_minus),
-                replace(mu + sigma * m),
-            ],
-            1,
-        )  # [N, 1 + 3K, *batch, K]
+        # x⁰, then for each of the three weak-derivative sides K copies of x⁰ in which copy j
+        # has coordinate j replaced by that side's v_j: [N, 1 + 3K, *batch, K]. Written as
+        # one copy of x⁰ and three diagonal writes (a where per side and a cat took 3×).
+        points = x0.unsqueeze(1).expand(n_samples, 1 + 3 * k, *x0.shape[1:]).clone()
+        sides = (mu + sigma * w, mu - sigma * w_minus, mu + sigma * m)
+        for i, v in enumerate(sides):
+            block = points[:, 1 + i * k : 1 + (i + 1) * k]  # [N, K, *batch, K]
+            torch.diagonal(block, dim1=1, dim2=-1).copy_(v)  # copy j, coordinate j
         f = objective.cost(points.reshape(-1, *batch, *event))
         f = f.reshape(n_samples, 1 + 3 * k, *batch)
         f0 = f[:, 0]  # [N, *batch]
