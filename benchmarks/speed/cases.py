@@ -32,9 +32,10 @@ def make_estimator(name: str):
     return instantiate(OmegaConf.load(CONF / "estimator" / f"{name}.yaml"))
 
 
-def make_toy(name: str, device: torch.device):
+def make_toy(name: str, device: torch.device, dtype: torch.dtype = torch.float32):
     """The toy with its default parameters from conf/objective/NAME.yaml."""
-    return instantiate(OmegaConf.load(CONF / "objective" / f"{name}.yaml"), device=device)
+    cfg = OmegaConf.load(CONF / "objective" / f"{name}.yaml")
+    return instantiate(cfg, device=device, dtype=dtype)
 
 
 @functools.cache

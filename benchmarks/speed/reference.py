@@ -26,7 +26,7 @@ import torch
 from torch import Tensor
 from torch.distributions import Bernoulli, Categorical, Normal
 
-from benchmarks.speed import reference_measure_valued, reference_relaxed
+from benchmarks.speed import reference_measure_valued, reference_relaxed, reference_shared
 
 # --- the toys in plain torch -------------------------------------------------------------
 # Each toy: its distribution from theta [*batch, D], its cost f(x), and (for Gaussians) f'(x).
@@ -58,8 +58,27 @@ REFERENCE_ESTIMATORS_PATHWISE = ("reparam",)
 
 
 # References written in their own modules: (toy, estimator) -> plain and floor functions.
-OTHER_PLAIN = {**reference_relaxed.PLAIN, **reference_measure_valued.PLAIN}
-OTHER_FLOOR = {**reference_relaxed.FLOOR, **reference_measure_valued.FLOOR}
+# A plain reference is built per run (the stateful ones keep a baseline across calls).
+OTHER_PLAIN = {
+    **{key: (lambda fn=fn: fn) for key, fn in reference_relaxed.PLAIN.items()},
+    **{key: (lambda fn=fn: fn) for key, fn in reference_measure_valued.PLAIN.items()},
+    **{
+        (reference_shared.TOY, e): (lambda e=e: reference_shared.SharedPlain(e))
+        for e in reference_shared.ESTIMATORS
+    },
+}
+
+
+def _baseline_free(floor):
+    """A floor of an estimator without a baseline, called like the others."""
+    return lambda theta, n, r, baseline: floor(theta, n, r)
+
+
+OTHER_FLOOR = {
+    **{key: _baseline_free(fn) for key, fn in reference_relaxed.FLOOR.items()},
+    **{key: _baseline_free(fn) for key, fn in reference_measure_valued.FLOOR.items()},
+    **reference_shared.FLOOR,
+}
 
 
 def has_reference(toy: str, estimator: str) -> bool:
@@ -97,6 +116,10 @@ class PlainEstimate:
     """
 
     def __init__(self, toy: str, estimator: str, decay: float = 0.9):
+        if (toy, estimator) in OTHER_PLAIN:
+            self.other = OTHER_PLAIN[toy, estimator]()
+            return
+        self.other = None
         self.dist_fn, self.cost_fn = PLAIN_TOYS[toy]
         self.toy, self.estimator = toy, estimator
         self.decay = decay
@@ -104,8 +127,8 @@ class PlainEstimate:
         self.net = self.optimizer = None
 
     def __call__(self, theta: Tensor, n: int) -> Tensor:
-        if (self.toy, self.estimator) in OTHER_PLAIN:
-            return OTHER_PLAIN[self.toy, self.estimator](theta, n)
+        if self.other is not None:
+            return self.other(theta, n)
         if self.estimator in ANTITHETIC:
             return plain_antithetic(self.estimator, theta, n)
         theta = theta.detach().requires_grad_(True)
@@ -243,7 +266,7 @@ def fused_replicates(
 ) -> Tensor:
     """``r`` independent estimates [r, D] from ``n`` draws each, with analytic scores."""
     if (toy, estimator) in OTHER_FLOOR:
-        return OTHER_FLOOR[toy, estimator](theta, n, r)
+        return OTHER_FLOOR[toy, estimator](theta, n, r, baseline)
     if estimator in ANTITHETIC:
         return fused_antithetic(estimator, theta, n, r)
     shape = (n, r)

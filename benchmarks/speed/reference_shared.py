@@ -144,8 +144,9 @@ def _plain_antithetic(estimator: str) -> Callable[[Tensor, int], Tensor]:
         if estimator == "arm":
             g = (f_tilde - f) * (u - 0.5)
         else:
-            sign = 1.0 - 2.0 * b_tilde
-            g = 0.5 * (f - f_tilde) * sign * (b != b_tilde).to(theta.dtype) * torch.sigmoid(phi.abs())
+            sign = 1.0 - 2.0 * b_tilde  # (−1)^{b̃}
+            differ = (b != b_tilde).to(theta.dtype)
+            g = 0.5 * (f - f_tilde) * sign * differ * torch.sigmoid(phi.abs())
         (grad,) = torch.autograd.grad((g * logits).sum(-1).mean(), theta)
         return grad
 
@@ -207,7 +208,9 @@ class SharedPlain:
     def _learned(self, theta: Tensor, f: Tensor) -> Tensor:
         if self.net is None:
             self.net = torch.nn.Sequential(
-                torch.nn.Linear(theta.shape[-1], HIDDEN), torch.nn.Tanh(), torch.nn.Linear(HIDDEN, 1)
+                torch.nn.Linear(theta.shape[-1], HIDDEN),
+                torch.nn.Tanh(),
+                torch.nn.Linear(HIDDEN, 1),
             ).to(device=theta.device, dtype=theta.dtype)
             with torch.no_grad():
                 self.net[2].weight.zero_()
@@ -247,17 +250,17 @@ def _codes(bits: Tensor) -> Tensor:
     return code
 
 
-def _counts(code: Tensor) -> Tensor:
-    """How many draws of each replicate fall in each state: code [N, R] -> [2^K, R]."""
-    ones = torch.ones((), dtype=torch.get_default_dtype(), device=code.device)
-    out = torch.zeros(2**K, code.shape[1], dtype=ones.dtype, device=code.device)
+def _counts(code: Tensor, states: int, dtype: torch.dtype) -> Tensor:
+    """How many draws of each replicate fall in each state: code [N, R] -> [states, R]."""
+    ones = torch.ones((), dtype=dtype, device=code.device)
+    out = torch.zeros(states, code.shape[1], dtype=dtype, device=code.device)
     return out.scatter_add_(0, code, ones.expand(code.shape))
 
 
 def _state_counts(theta: Tensor, p: Tensor, n: int, r: int) -> Tensor:
     """One [N, R, K] draw of the bits, as the library draws them, counted per state."""
     u = torch.rand((n, r, K), dtype=theta.dtype, device=theta.device)
-    return _counts(_codes(u < p)).to(theta.dtype)
+    return _counts(_codes(u < p), 2**K, theta.dtype)
 
 
 def _floor_reinforce(estimator: str) -> Callable[..., Tensor]:
@@ -306,11 +309,7 @@ def _floor_antithetic(estimator: str) -> Callable[..., Tensor]:
             return ((f[code_tilde] - f[code]) * (u_sum - 0.5 * K)).mean(0).unsqueeze(-1)
         # ½ (f(b) − f(b̃)) (S − S̃) σ(|φ|): a table over the 4^K pairs of states.
         table = (f[:, None] - f) * (s[:, None] - s) * (0.5 * torch.sigmoid(phi.abs()))
-        pair_counts = _counts(code.mul_(2**K).add_(code_tilde)) if False else None
-        del pair_counts
-        index = code * 2**K + code_tilde  # [pairs, R]
-        counts = torch.zeros(4**K, r, dtype=theta.dtype, device=theta.device)
-        counts.scatter_add_(0, index, torch.ones((), dtype=theta.dtype).expand(index.shape))
+        counts = _counts(code.mul_(2**K).add_(code_tilde), 4**K, theta.dtype)  # [4^K, R]
         return (table.reshape(-1) @ counts / pairs).unsqueeze(-1)
 
     return floor

@@ -30,8 +30,7 @@ def test_plain_matches_library(toy, estimator):
 
 @pytest.mark.parametrize(("toy", "estimator"), CASES, ids=IDS)
 def test_floor_matches_library(toy, estimator):
-    obj = make_toy(toy, torch.device("cpu"))
-    obj.theta = obj.theta.double()
+    obj = make_toy(toy, torch.device("cpu"), torch.float64)
     est = make_estimator(estimator)
     for _ in range(5):  # so that moving averages and learned baselines have a value
         estimate_gradient(est, obj, obj.theta, 10)
