@@ -83,8 +83,9 @@ def relaxed_bernoulli(logits: Tensor, temperature: float, n_samples: int) -> Ten
     with torch.no_grad():
         u = torch.rand(shape, dtype=logits.dtype, device=logits.device).clamp_(eps, 1 - eps)
         noise = torch.log(u).sub_(torch.log1p(u.neg_()))  # logistic L = logit(u)
+        noise.div_(temperature)  # L/τ, so that φ/τ is divided on [*batch] only
     bound = math.log1p(-eps) - math.log(eps)  # logit(1 − ε): where σ(φ) gets clamped
-    y = torch.sigmoid((logits.clamp(-bound, bound) + noise) / temperature)
+    y = torch.sigmoid(logits.clamp(-bound, bound) / temperature + noise)
     return y.clamp(eps, 1 - eps)
 
 
