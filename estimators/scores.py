@@ -266,8 +266,15 @@ def per_sample_scores(
         return _scores_by_copies(objective, theta, x, scored)
     if family.startswith("categorical"):
         # s_k(x_i) is row x_i of ∂(log-probabilities)/∂θ_k: one lookup for every k.
-        return _rows(_categorical_table(objective, theta, family, params[0]), x)
-    tangents = _parameter_tangents(objective, theta)
+        try:
+            table = _categorical_table(objective, theta, family, params[0])
+        except RuntimeError:  # no forward mode through distribution(), as below
+            return _scores_by_copies(objective, theta, x, scored)
+        return _rows(table, x)
+    try:
+        tangents = _parameter_tangents(objective, theta)
+    except RuntimeError:  # distribution() cannot run under forward mode (say, a custom
+        return _scores_by_copies(objective, theta, x, scored)  # autograd.Function)
     terms = _ELEMENTWISE[family](x, *params)  # (u_p, c_p) per parameter p
     # Coordinate-major storage, so that each coordinate's scores are written in one pass.
     out = x.new_empty(len(tangents), *scored, dtype=terms[0][0].dtype)
@@ -312,7 +319,10 @@ def score_square_sums(
     family, params = _family(dist)
     if family in ("categorical_logits", "categorical_probs") and not dist.event_shape:
         param = params[0].detach()
-        table = _categorical_table(objective, theta, family, param) ** 2  # [*batch, K, D]
+        try:
+            table = _categorical_table(objective, theta, family, param) ** 2  # [*batch, K, D]
+        except RuntimeError:  # no forward mode through distribution(): per-sample scores
+            return square_sums(_scores_by_copies(objective, theta, x, x.shape), f, owned=True)
         k = table.shape[-2]
         weighted = _per_category(x, f, k).unsqueeze(-1)  # [*batch, K, 1]
         counts = _per_category(x, torch.ones_like(f), k).unsqueeze(-1)

@@ -163,3 +163,41 @@ def test_revalidation_skipped_restores_the_default_even_after_an_error():
         Normal(torch.zeros(1), -torch.ones(1))  # would fail validation; passes here
         raise RuntimeError("boom")
     assert Distribution._validate_args == before
+
+
+class _Exp(torch.autograd.Function):
+    """exp with a backward but no forward-mode rule: torch.func.jvp refuses it."""
+
+    @staticmethod
+    def forward(ctx, x):
+        y = x.exp()
+        ctx.save_for_backward(y)
+        return y
+
+    @staticmethod
+    def backward(ctx, grad):
+        (y,) = ctx.saved_tensors
+        return grad * y
+
+
+@pytest.mark.parametrize("family", ["normal", "categorical"])
+def test_objectives_without_forward_mode_fall_back_to_copies(family, monkeypatch):
+    """Large draws use forward mode over θ; a distribution() it cannot run still works."""
+    monkeypatch.setattr(scores, "FORWARD_MODE_ABOVE", 0)
+    if family == "normal":
+        objective = Objective(lambda t: Normal(t[..., 0], _Exp.apply(t[..., 1])))
+        d = 2
+    else:
+        objective = Objective(
+            lambda t: Categorical(probs=_Exp.apply(t) / _Exp.apply(t).sum(-1, keepdim=True))
+        )
+        d = 3
+    theta = torch.randn(4, d, dtype=torch.float64)
+    x = objective.distribution(theta).sample((5,))
+    copies = theta.expand(5, *theta.shape).clone().requires_grad_(True)
+    (expected,) = torch.autograd.grad(objective.distribution(copies).log_prob(x).sum(), copies)
+    torch.testing.assert_close(per_sample_scores(objective, theta, x), expected)
+    f = torch.randn(5, 4, dtype=torch.float64)
+    weighted, total = score_square_sums(objective, theta, x, f)
+    torch.testing.assert_close(total, expected.square().sum(0))
+    torch.testing.assert_close(weighted, (f.unsqueeze(-1) * expected.square()).sum(0))
