@@ -32,7 +32,9 @@ import warnings
 
 import torch
 from torch import Tensor
-from torch.distributions import Bernoulli, Categorical, Distribution, Independent, Normal
+from torch.distributions import Bernoulli, Categorical, Distribution, Normal
+
+from estimators.antithetic import unwrap_independent
 
 
 def with_score(value: Tensor, dist: Distribution, x: Tensor, weight) -> Tensor:
@@ -48,12 +50,14 @@ def with_score(value: Tensor, dist: Distribution, x: Tensor, weight) -> Tensor:
     if family is None:  # any other family: autograd through log_prob
         log_p = dist.log_prob(x)
         return value + weight * (log_p - log_p.detach())
-    return _WithScore.apply(value, weight, x.detach(), (family, _event_dims(dist)), *params)
+    return _WithScore.apply(
+        value, weight, x.detach(), (family, unwrap_independent(dist)[1]), *params
+    )
 
 
 def sample(dist: Distribution, shape: torch.Size | tuple[int, ...]) -> Tensor:
     """``dist.sample(shape)``, faster for Bernoulli variables (see the module docstring)."""
-    base = dist.base_dist if isinstance(dist, Independent) else dist
+    base, _ = unwrap_independent(dist)
     if type(base) is Bernoulli:
         probs = base.probs.detach()
         u = torch.rand(dist._extended_shape(shape), dtype=probs.dtype, device=probs.device)
@@ -80,14 +84,9 @@ def revalidation_skipped():
         Distribution.set_default_validate_args(previous)
 
 
-def _event_dims(dist: Distribution) -> int:
-    """How many trailing dimensions of the base family's batch ``Independent`` sums over."""
-    return dist.reinterpreted_batch_ndims if isinstance(dist, Independent) else 0
-
-
 def _family(dist: Distribution) -> tuple[str | None, tuple[Tensor, ...]]:
     """The family's name and the parameter tensors its score is written for."""
-    base = dist.base_dist if isinstance(dist, Independent) else dist
+    base, _ = unwrap_independent(dist)
     kind = type(base)
     # A parameter given at construction is in the instance dict; the other one is a lazy
     # property computed from it on first use. Either is connected to θ.

@@ -32,6 +32,19 @@ FAMILIES = {
     "normal": (lambda t: Normal(t[..., 0], t[..., 1].exp()), 2),
     "normal_fixed_scale": (lambda t: Normal(t[..., 0] * t[..., 1], 1.5), 2),
     "independent_normal": (lambda t: Independent(Normal(t[..., :3], t[..., 3:].exp()), 1), 6),
+    "nested_independent_normal": (
+        lambda t: Independent(
+            Independent(
+                Normal(
+                    t[..., :4].reshape(*t.shape[:-1], 2, 2),
+                    t[..., 4:].exp().reshape(*t.shape[:-1], 2, 2),
+                ),
+                1,
+            ),
+            1,
+        ),
+        8,
+    ),
     "bernoulli_logits": (lambda t: Bernoulli(logits=t[..., 0] - t[..., 1]), 2),
     "bernoulli_probs": (lambda t: Bernoulli(probs=torch.sigmoid(t[..., 0])), 1),
     "independent_bernoulli": (lambda t: Independent(Bernoulli(logits=t), 1), 4),
