@@ -207,13 +207,17 @@ def _categorical_probs(gw, x, probs):
 
 
 def _reduce_categorical(gw, x, param):
-    batch, k = param.shape[:-1], param.shape[-1]
+    ones = x.new_ones((), dtype=param.dtype)
+    return _category_sums(ones if gw is None else gw, x, param.shape[:-1], param.shape[-1])
+
+
+def _category_sums(w: Tensor, x: Tensor, batch: torch.Size, k: int) -> Tensor:
+    """Σ over the sample dimensions of w · 1[x = j], as a scatter (no one-hot):
+    x [*sample, *batch], w broadcastable to it -> [*batch, K]."""
     n = batch.numel()
-    gw = x.new_ones((), dtype=param.dtype) if gw is None else gw
-    gw = gw.expand(x.shape)
     index = x.long().reshape(-1, n).T  # [batch, samples], sample dims flattened
-    counts = gw.reshape(-1, n).T
-    out = torch.zeros(n, k, dtype=gw.dtype, device=gw.device).scatter_add(1, index, counts)
+    weights = w.expand(x.shape).reshape(-1, n).T
+    out = torch.zeros(n, k, dtype=w.dtype, device=w.device).scatter_add(1, index, weights)
     return out.reshape(*batch, k)
 
 
@@ -263,17 +267,12 @@ def per_sample_scores(
     scored = x.shape[: x.dim() - len(dist.event_shape)]  # [*sample, *batch]
     if family is None or dist.event_shape or scored.numel() <= FORWARD_MODE_ABOVE:
         return _scores_by_copies(objective, theta, x, scored)
+    tangents = _parameter_tangents(objective, theta)
+    if tangents is None:
+        return _scores_by_copies(objective, theta, x, scored)
     if family.startswith("categorical"):
         # s_k(x_i) is row x_i of ∂(log-probabilities)/∂θ_k: one lookup for every k.
-        try:
-            table = _categorical_table(objective, theta, family, params[0])
-        except RuntimeError:  # no forward mode through distribution(), as below
-            return _scores_by_copies(objective, theta, x, scored)
-        return _rows(table, x)
-    try:
-        tangents = _parameter_tangents(objective, theta)
-    except RuntimeError:  # distribution() cannot run under forward mode (say, a custom
-        return _scores_by_copies(objective, theta, x, scored)  # autograd.Function)
+        return _rows(_categorical_table(tangents, family, params[0]), x)
     terms = _ELEMENTWISE[family](x, *params)  # (u_p, c_p) per parameter p
     # Coordinate-major storage, so that each coordinate's scores are written in one pass.
     out = x.new_empty(len(tangents), *scored, dtype=terms[0][0].dtype)
@@ -317,14 +316,14 @@ def score_square_sums(
             dist = objective.distribution(theta)
     family, params = _family(dist)
     if family in ("categorical_logits", "categorical_probs") and not dist.event_shape:
-        param = params[0].detach()
-        try:
-            table = _categorical_table(objective, theta, family, param) ** 2  # [*batch, K, D]
-        except RuntimeError:  # no forward mode through distribution(): per-sample scores
+        tangents = _parameter_tangents(objective, theta)
+        if tangents is None:
             return square_sums(_scores_by_copies(objective, theta, x, x.shape), f, owned=True)
+        table = _categorical_table(tangents, family, params[0].detach()) ** 2  # [*batch, K, D]
         k = table.shape[-2]
-        weighted = _per_category(x, f, k).unsqueeze(-1)  # [*batch, K, 1]
-        counts = _per_category(x, torch.ones_like(f), k).unsqueeze(-1)
+        batch = x.shape[1:]
+        weighted = _category_sums(f, x, batch, k).unsqueeze(-1)  # [*batch, K, 1]
+        counts = _category_sums(f.new_ones(()), x, batch, k).unsqueeze(-1)
         return (table * weighted).sum(-2), (table * counts).sum(-2)
     return square_sums(per_sample_scores(objective, theta, x, dist), f, owned=True)
 
@@ -340,23 +339,17 @@ def square_sums(scores: Tensor, f: Tensor, *, owned: bool = False) -> tuple[Tens
     return squares.mul_(f).sum(1).movedim(0, -1), total.movedim(0, -1)
 
 
-def _per_category(x: Tensor, w: Tensor, k: int) -> Tensor:
-    """Σ_i w_i 1[x_i = j] over the sample dimension: x, w [M, *batch] -> [*batch, K]."""
-    batch = x.shape[1:]
-    out = w.new_zeros(k, batch.numel())
-    out.scatter_add_(0, x.reshape(x.shape[0], -1).long(), w.reshape(w.shape[0], -1))
-    return out.T.reshape(*batch, k)
-
-
-def _categorical_table(objective, theta, family, param):
-    """∂ log p(x = j)/∂θ_k for every category j, [*batch, K, D]."""
-    tangents = _parameter_tangents(objective, theta)
+def _categorical_table(tangents, family, param):
+    """∂ log p(x = j)/∂θ_k for every category j, [*batch, K, D], from the tangents of the
+    Categorical's one parameter."""
     table = torch.stack([dp for (dp,) in tangents], -1)
     return table / param.unsqueeze(-1) if family == "categorical_probs" else table
 
 
 def _parameter_tangents(objective, theta):
-    """∂(distribution parameters)/∂θ_k for each coordinate k: forward mode over θ."""
+    """∂(distribution parameters)/∂θ_k for each coordinate k: forward mode over θ. None
+    if ``objective.distribution`` cannot run under forward mode (say, it uses a custom
+    autograd.Function without a forward rule); the callers then score by copies."""
     tangents = []
     with revalidation_skipped(), warnings.catch_warnings():
         # On first use torch 2.13's forward mode loads decompositions through its own
@@ -365,9 +358,12 @@ def _parameter_tangents(objective, theta):
         for k in range(theta.shape[-1]):
             direction = torch.zeros_like(theta)
             direction[..., k] = 1.0
-            _, tangent = torch.func.jvp(
-                lambda t: _family(objective.distribution(t))[1], (theta,), (direction,)
-            )
+            try:
+                _, tangent = torch.func.jvp(
+                    lambda t: _family(objective.distribution(t))[1], (theta,), (direction,)
+                )
+            except RuntimeError:
+                return None
             tangents.append(tangent)
     return tangents
 
