@@ -37,7 +37,8 @@ from hydra.errors import HydraException, OverrideParseException
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from benchmarks.config import RESULT_NEUTRAL_KEYS, ConfigError, build
+from benchmarks.config import RESULT_NEUTRAL_KEYS, build
+from benchmarks.errors import ConfigError, UsageError
 
 GROUPS = ("estimator", "objective", "task", "data", "sweep", "hydra/launcher")
 # Flags of Hydra's own command line that take a value.
@@ -47,10 +48,6 @@ VALUE_FLAGS = {"--config-name", "-cn", "--config-dir", "-cd", "--config-path", "
 TYPE_NAMES = {"integer": "an integer", "float": "a number", "bool": "true or false"}
 # Sweeps up to this many cells are checked cell by cell; larger ones value by value.
 MAX_CELLS_CHECKED = 2000
-
-
-class UsageError(Exception):
-    """Bad input from the user: printed as one line, exit code 2."""
 
 
 def _hydra_context():

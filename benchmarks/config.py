@@ -21,15 +21,13 @@ from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 from omegaconf import MISSING, DictConfig, OmegaConf
 
+from benchmarks.errors import ConfigError
+
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
 DEVICES = ("cpu", "cuda", "auto")
 # What a variance cell does with non-finite replicate estimates: record the count and leave
 # the statistics NaN, or compute the statistics over the finite replicates only.
 NONFINITE = ("record", "drop")
-
-
-class ConfigError(ValueError):
-    """A bad setting; its message is one line naming the setting and what is allowed."""
 
 
 @dataclass

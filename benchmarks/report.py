@@ -39,6 +39,7 @@ import pandas as pd
 import seaborn as sns
 from matplotlib.figure import Figure
 
+from benchmarks.errors import UsageError
 from benchmarks.records import (
     REPORT_MARKER,
     Problem,
@@ -759,7 +760,6 @@ def write_report(folder: str | Path, formats: Sequence[str] = (), dpi: int = 150
     Raises:
         UsageError: ``folder`` is missing, is itself a report, or holds no readable results.
     """
-    from benchmarks.cli import UsageError  # the CLI imports this module lazily too
 
     folder = Path(folder)
     if not folder.is_dir():

@@ -21,8 +21,8 @@ import torch
 from torch import Tensor
 from torch.distributions import Normal
 
-from estimators.antithetic import sum_event, unwrap_independent
 from estimators.base import Estimator, NotApplicable, StochasticObjective
+from estimators.distributions import sum_event, unwrap_independent
 
 
 def _normal(objective: StochasticObjective, theta: Tensor) -> tuple[Normal, int]:

@@ -25,8 +25,8 @@ from torch.distributions import (
 )
 from torch.nn.functional import one_hot
 
-from estimators.antithetic import unwrap_independent
 from estimators.base import Estimator, NotApplicable, StochasticObjective
+from estimators.distributions import unwrap_independent
 
 
 def _temperature(value, allow_none: bool = False) -> float | None:

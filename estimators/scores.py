@@ -34,7 +34,7 @@ import torch
 from torch import Tensor
 from torch.distributions import Bernoulli, Categorical, Distribution, Normal
 
-from estimators.antithetic import unwrap_independent
+from estimators.distributions import unwrap_independent
 
 
 def with_score(value: Tensor, dist: Distribution, x: Tensor, weight) -> Tensor:

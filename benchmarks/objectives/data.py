@@ -28,11 +28,9 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from benchmarks.errors import DataError
+
 BINARIZE = ("static", "dynamic")
-
-
-class DataError(ValueError):
-    """A data file that is missing or cannot be read; the message names the path."""
 
 
 @dataclass
