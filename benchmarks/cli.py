@@ -37,7 +37,7 @@ from hydra.errors import HydraException, OverrideParseException
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from benchmarks.config import RESULT_NEUTRAL_KEYS, build
+from benchmarks.config import RESULT_NEUTRAL_KEYS, build, build_cell
 from benchmarks.errors import ConfigError, UsageError
 
 GROUPS = ("estimator", "objective", "task", "data", "sweep", "hydra/launcher")
@@ -343,11 +343,7 @@ def check_cell(cfg: DictConfig, remote: bool = False) -> None:
     this login node: the check builds on the CPU, and a node without CUDA records the cell
     as failed.
     """
-    build(cfg, torch.device("cpu") if remote else None)
-    if cfg.task.name == "train":
-        from benchmarks.train import check_train
-
-        check_train(cfg)
+    build_cell(cfg, torch.device("cpu") if remote else None)
 
 
 def summarise(output: dict[str, str], started: float | None = None) -> int:

@@ -188,6 +188,20 @@ def build(cfg: DictConfig, device: torch.device | None = None):
     return estimator, objective
 
 
+def build_cell(cfg: DictConfig, device: torch.device | None = None):
+    """Everything one sweep cell needs, built from its composed config, or ``ConfigError``.
+
+    The CLI's pre-check calls this for every cell before anything runs, and the Hydra job
+    calls it again, so a config that passes the check is exactly a config the job accepts.
+    """
+    built = build(cfg, device)
+    if cfg.task.name == "train":
+        from benchmarks.train import check_train
+
+        check_train(cfg)
+    return built
+
+
 def measurement_settings(cfg: DictConfig) -> dict:
     """The keyword arguments every measurement (toy, model, along training) takes from cfg."""
     return {
