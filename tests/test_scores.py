@@ -27,6 +27,7 @@ from estimators.scores import (
     score_square_sums,
     with_score,
 )
+from tests.stats import power_margin, rate, z_threshold
 
 FAMILIES = {
     "normal": (lambda t: Normal(t[..., 0], t[..., 1].exp()), 2),
@@ -149,16 +150,19 @@ def test_unwritten_family_falls_back_to_log_prob():
 
 
 def test_bernoulli_sample_has_the_right_distribution():
-    """rand < p draws Bernoulli(p). 10⁵ draws per p; each mean within 5 standard errors:
-    false-fail rate about 3 × 6e-7. Negative control: p shifted by 0.01 is rejected."""
+    """rand < p draws Bernoulli(p): 10⁵ draws per p, a z-test on each mean. Negative
+    control: p shifted by 0.01 is rejected (with its power checked)."""
     p = torch.tensor([0.05, 0.5, 0.9], dtype=torch.float64)
     torch.manual_seed(0)
     draws = sample(Bernoulli(probs=p), (100_000,))
     assert draws.shape == (100_000, 3) and draws.dtype == p.dtype
     assert set(draws.unique().tolist()) <= {0.0, 1.0}
     se = (p * (1 - p) / draws.shape[0]).sqrt()
-    assert ((draws.mean(0) - p).abs() < 5 * se).all()
-    assert not ((draws.mean(0) - (p + 0.01)).abs() < 5 * se).all()
+    threshold = z_threshold(rate("scores: Bernoulli draws have the right mean"), 3)
+    assert ((draws.mean(0) - p).abs() < threshold * se).all()
+    margin = power_margin(rate("miss: scores: shifted Bernoulli mean rejected"))
+    assert (0.01 / se).max() > threshold + margin
+    assert not ((draws.mean(0) - (p + 0.01)).abs() < threshold * se).all()
     independent = sample(Independent(Bernoulli(logits=torch.zeros(2, 4)), 1), (3,))
     assert independent.shape == (3, 2, 4)
 
