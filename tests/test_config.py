@@ -7,8 +7,7 @@ from hydra.core.global_hydra import GlobalHydra
 from hydra.errors import ConfigCompositionException
 from omegaconf.errors import ValidationError
 
-from benchmarks.config import ConfigError, build
-from benchmarks.run import config_path
+from benchmarks.config import ConfigError, build, config_path
 from estimators import Estimator
 
 CONF = config_path()

@@ -15,7 +15,7 @@ from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 
 from benchmarks.cli import main
-from benchmarks.config import build
+from benchmarks.config import build, config_path
 from benchmarks.measure_model import (
     Moments,
     measure_model_variance,
@@ -25,7 +25,6 @@ from benchmarks.measure_model import (
 from benchmarks.objectives.bayes_logreg import BayesLogReg
 from benchmarks.objectives.data import digits, mnist, synthetic, write_idx
 from benchmarks.objectives.vae import BernoulliVAE, GaussianVAE
-from benchmarks.run import config_path
 from estimators import (
     DisARM,
     Estimator,
