@@ -72,8 +72,8 @@ def train(
     *,
     estimator_name: str,
     objective_name: str,
-    tracked: dict[str, Estimator],
     out: str | Path,
+    tracked: dict[str, Estimator] | None = None,
     progress: bool | None = None,
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Train ``objective`` with ``estimator``; return (train log, variance records).
@@ -118,7 +118,8 @@ def train(
             # The training estimator as training left it (its baseline state), on a copy
             # so that measuring does not change the run; the tracked ones fresh.
             measured = {estimator_name: (copy.deepcopy(estimator), False)}
-            measured.update({n: (e, True) for n, e in tracked.items() if n != estimator_name})
+            others = (tracked or {}).items()
+            measured.update({n: (e, True) for n, e in others if n != estimator_name})
             for name, (measured_estimator, reset) in measured.items():
                 frame = objective.measure(
                     measured_estimator, at_step, estimator_name=name,
