@@ -11,7 +11,6 @@ fingerprint and folder name of a cell.
 
 from __future__ import annotations
 
-import functools
 import hashlib
 import json
 import os
@@ -159,12 +158,6 @@ def check_device_name(name: str) -> None:
         raise ConfigError(f"device must be one of {', '.join(DEVICES)}; got {name!r}")
 
 
-@functools.cache
-def _note(message: str) -> None:
-    """Print a note on stderr once per process (the pre-check and the job both build)."""
-    print(message, file=sys.stderr)
-
-
 def resolve_device(name: str) -> torch.device:
     """``cpu``, ``cuda`` (an error without CUDA) or ``auto`` (CUDA if present, else CPU)."""
     check_device_name(name)
@@ -177,7 +170,7 @@ def resolve_device(name: str) -> torch.device:
             "device=cuda but CUDA is not available to this torch "
             f"({torch.__version__}); use device=cpu, or device=auto to fall back to CPU"
         )
-    _note("gradbench: device=auto: CUDA is not available, running on CPU")
+    print("gradbench: device=auto: CUDA is not available, running on CPU", file=sys.stderr)
     return torch.device("cpu")
 
 
