@@ -97,21 +97,8 @@ class ModelObjective(nn.Module, Objective):
     def truth(self):
         return true_gradient(self)
 
-    def measure(
-        self,
-        estimator,
-        settings: MeasureSettings,
-        *,
-        estimator_name: str,
-        objective_name: str,
-        step: int | None = None,
-        reset: bool = True,
-        truth=None,
-    ) -> pd.DataFrame:
-        return measure_model_variance(
-            estimator, self, estimator_name=estimator_name, objective_name=objective_name,
-            step=step, reset=reset, truth=truth, **settings.measure_kwargs(),
-        )  # fmt: skip
+    def measure(self, estimator, settings: MeasureSettings, **options) -> pd.DataFrame:
+        return measure_model_variance(estimator, self, **options, **settings.measure_kwargs())
 
 
 class MLP(nn.Module):

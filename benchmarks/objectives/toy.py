@@ -73,19 +73,11 @@ class ToyObjective(Objective):
         return {"loss": loss, "optimality_gap": loss - self.infimum}
 
     def measure(
-        self,
-        estimator,
-        settings: MeasureSettings,
-        *,
-        estimator_name: str,
-        objective_name: str,
-        step: int | None = None,
-        reset: bool = True,
-        truth=None,
+        self, estimator, settings: MeasureSettings, *, step=None, truth=None, **options
     ) -> pd.DataFrame:
+        # The exact gradient is cheap here: measure_variance computes it, truth is unused.
         frame = measure_variance(
-            estimator, self, estimator_name=estimator_name, objective_name=objective_name,
-            max_batch_samples=settings.max_batch_samples, reset=reset,
+            estimator, self, max_batch_samples=settings.max_batch_samples, **options,
             **settings.measure_kwargs(),
         )  # fmt: skip
         if step is not None:
