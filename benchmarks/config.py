@@ -1,8 +1,12 @@
-"""Typed top-level settings and the one place a composed config becomes objects.
+"""The door: the one place a composed config becomes plain objects.
 
-``build`` is used both by the Hydra job (``benchmarks.run``) and by the CLI's check of
-every sweep cell before anything runs, so a config that passes the check is exactly a
-config the job accepts.
+``build_cell`` turns a cell's config into a ``Cell``: the estimator, the objective, the
+task's typed settings (``benchmarks.settings``) and, for ``task=train``, the tracked
+estimators. Below this module nothing reads a config: the tasks take these objects. The
+Hydra job (``benchmarks.run``) and the CLI's check of every sweep cell before anything
+runs both call ``build_cell``, so a config that passes the check is exactly a config the
+job accepts. Also here: the schema of the top-level keys, where ``conf/`` is, and the
+fingerprint and folder name of a cell.
 """
 
 from __future__ import annotations
@@ -12,22 +16,45 @@ import json
 import os
 import re
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, field, fields
+from pathlib import Path
 from typing import Any
 
 import torch
+from hydra import compose, initialize_config_dir, initialize_config_module
 from hydra.core.config_store import ConfigStore
+from hydra.core.global_hydra import GlobalHydra
 from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 from omegaconf import MISSING, DictConfig, OmegaConf
 
 from benchmarks.errors import ConfigError
+from benchmarks.objectives.base import Objective
+from benchmarks.settings import MeasureSettings, TrainSettings, VarianceSettings, check_sizes
+from estimators import Estimator
 
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
 DEVICES = ("cpu", "cuda", "auto")
-# What a variance cell does with non-finite replicate estimates: record the count and leave
-# the statistics NaN, or compute the statistics over the finite replicates only.
-NONFINITE = ("record", "drop")
+# The settings each task takes; ``benchmarks.run.TASKS`` names the function that runs it.
+TASK_SETTINGS: dict[str, type[MeasureSettings]] = {
+    "variance": VarianceSettings,
+    "train": TrainSettings,
+}
+
+
+def config_path() -> str:
+    """The conf/ folder of a source checkout or editable install, else the installed copy."""
+    source = Path(__file__).resolve().parent.parent / "conf"
+    return str(source) if (source / "config.yaml").is_file() else "pkg://benchmarks.conf"
+
+
+def hydra_context():
+    """Initialise Hydra's Compose API on gradbench's config tree (a context manager)."""
+    GlobalHydra.instance().clear()
+    path = config_path()
+    if path.startswith("pkg://"):
+        return initialize_config_module(path.removeprefix("pkg://"), version_base="1.3")
+    return initialize_config_dir(path, version_base="1.3")
 
 
 @dataclass
@@ -126,10 +153,14 @@ def launcher_threads(launcher: DictConfig | None) -> int | None:
     return None
 
 
-def resolve_device(name: str) -> torch.device:
-    """``cpu``, ``cuda`` (an error without CUDA) or ``auto`` (CUDA if present, else CPU)."""
+def check_device_name(name: str) -> None:
     if name not in DEVICES:
         raise ConfigError(f"device must be one of {', '.join(DEVICES)}; got {name!r}")
+
+
+def resolve_device(name: str) -> torch.device:
+    """``cpu``, ``cuda`` (an error without CUDA) or ``auto`` (CUDA if present, else CPU)."""
+    check_device_name(name)
     if name == "cpu":
         return torch.device("cpu")
     if torch.cuda.is_available():
@@ -155,26 +186,16 @@ def _instantiate(node: DictConfig, what: str, **kwargs):
 
 def check_settings(cfg: DictConfig) -> None:
     """Refuse top-level values no measurement can use."""
-    if cfg.n_samples < 1:
-        raise ConfigError(f"n_samples must be at least 1, got {cfg.n_samples}")
-    if cfg.replicates < 2:
-        raise ConfigError(
-            f"replicates must be at least 2 to estimate a variance, got {cfg.replicates}"
-        )
+    nonfinite = OmegaConf.select(cfg, "task.nonfinite", default="record")
+    check_sizes(cfg.n_samples, cfg.replicates, nonfinite)
     if cfg.dtype not in DTYPES:
         raise ConfigError(f"dtype must be one of {', '.join(DTYPES)}; got {cfg.dtype!r}")
-    if cfg.device not in DEVICES:
-        raise ConfigError(f"device must be one of {', '.join(DEVICES)}; got {cfg.device!r}")
+    check_device_name(cfg.device)
     if cfg.threads is not None and cfg.threads < 1:
         raise ConfigError(f"threads must be at least 1, got {cfg.threads}")
-    nonfinite = OmegaConf.select(cfg, "task.nonfinite", default="record")
-    if nonfinite not in NONFINITE:
-        raise ConfigError(
-            f"task.nonfinite must be one of {', '.join(NONFINITE)}; got {nonfinite!r}"
-        )
 
 
-def build(cfg: DictConfig, device: torch.device | None = None):
+def build(cfg: DictConfig, device: torch.device | None = None) -> tuple[Estimator, Objective]:
     """Check ``cfg`` and instantiate ``(estimator, objective)`` on ``device``.
 
     Raises:
@@ -188,27 +209,87 @@ def build(cfg: DictConfig, device: torch.device | None = None):
     return estimator, objective
 
 
-def build_cell(cfg: DictConfig, device: torch.device | None = None):
+def task_settings(cfg: DictConfig) -> MeasureSettings:
+    """The typed settings of ``cfg.task`` (and the top-level sizes), or ``ConfigError``."""
+    name = cfg.task.get("name")
+    if name not in TASK_SETTINGS:
+        raise ConfigError(f"task must be one of: {', '.join(TASK_SETTINGS)}; got {name!r}")
+    kind = TASK_SETTINGS[name]
+    task = OmegaConf.to_container(cfg.task, resolve=True)
+    values = {f.name: task[f.name] for f in fields(kind) if f.name in task}
+    values.update(n_samples=cfg.n_samples, replicates=cfg.replicates, seed=cfg.seed)
+    return kind(**values)
+
+
+def estimator_options() -> list[str]:
+    """The options of the ``estimator`` config group (empty if Hydra is not initialised)."""
+    if not GlobalHydra.instance().is_initialized():
+        return []
+    return sorted(GlobalHydra.instance().config_loader().get_group_options("estimator"))
+
+
+def build_estimator(name: str) -> Estimator:
+    """A fresh estimator from ``conf/estimator/<name>.yaml``, through Hydra's compose."""
+    if GlobalHydra.instance().is_initialized():
+        node = compose(config_name="config", overrides=[f"estimator={name}"]).estimator
+    else:
+        with hydra_context():
+            node = compose(config_name="config", overrides=[f"estimator={name}"]).estimator
+    return _instantiate(node, "estimator")
+
+
+@dataclass
+class Cell:
+    """Everything one sweep cell needs, built: what the tasks take instead of a config.
+
+    Attributes:
+        estimator: the estimator measured (and, for ``task=train``, trained with).
+        objective: the objective, on its device and dtype.
+        task: the task's settings (``VarianceSettings`` or ``TrainSettings``).
+        task_name: ``variance`` or ``train`` (a key of ``benchmarks.run.TASKS``).
+        estimator_name, objective_name: the config options chosen, for the records.
+        tracked: for ``task=train``, the other estimators of ``task.track``, fresh.
+    """
+
+    estimator: Estimator
+    objective: Objective
+    task: MeasureSettings
+    task_name: str
+    estimator_name: str = ""
+    objective_name: str = ""
+    tracked: dict[str, Estimator] = field(default_factory=dict)
+
+
+def build_cell(
+    cfg: DictConfig,
+    device: torch.device | None = None,
+    *,
+    estimator_name: str = "",
+    objective_name: str = "",
+) -> Cell:
     """Everything one sweep cell needs, built from its composed config, or ``ConfigError``.
 
     The CLI's pre-check calls this for every cell before anything runs, and the Hydra job
     calls it again, so a config that passes the check is exactly a config the job accepts.
     """
-    built = build(cfg, device)
-    if cfg.task.name == "train":
-        from benchmarks.train import check_train
-
-        check_train(cfg)
-    return built
-
-
-def measurement_settings(cfg: DictConfig) -> dict:
-    """The keyword arguments every measurement (toy, model, along training) takes from cfg."""
-    return {
-        "n_samples": cfg.n_samples,
-        "replicates": cfg.replicates,
-        "seed": cfg.seed,
-        "warmup_steps": cfg.task.warmup_steps,
-        "timing_min_run_time": cfg.task.timing_min_run_time,
-        "nonfinite": cfg.task.get("nonfinite", "record"),
-    }
+    estimator, objective = build(cfg, device)
+    settings = task_settings(cfg)
+    tracked = {}
+    if isinstance(settings, TrainSettings):
+        options = estimator_options()
+        for name in settings.track:
+            if options and name not in options:
+                raise ConfigError(
+                    f"task.track: unknown estimator {name!r}; choose from: {', '.join(options)}"
+                )
+            if name != estimator_name and name not in tracked:
+                tracked[name] = build_estimator(name)
+    return Cell(
+        estimator=estimator,
+        objective=objective,
+        task=settings,
+        task_name=cfg.task.name,
+        estimator_name=estimator_name,
+        objective_name=objective_name,
+        tracked=tracked,
+    )

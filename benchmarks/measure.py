@@ -1,7 +1,8 @@
 """Measurement: (estimator, objective, sizes, seed) -> tidy DataFrame, one row per parameter.
 
-Pure: no Hydra, no files. ``benchmarks.run`` calls it and writes what it returns.
-The columns are the results contract of ../shared/SPEC.md (see ``RECORD_COLUMNS``).
+Pure: no Hydra, no files. ``benchmarks.run`` calls it (through a toy's ``measure``) and
+writes what it returns. ``RECORD_COLUMNS`` are the columns of every records file: the
+results contract first, then the columns beyond it.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import torch.utils.benchmark as torch_benchmark
 from torch import Tensor
 from tqdm import tqdm
 
+from benchmarks.settings import check_sizes
 from estimators import Estimator, NotApplicable, estimate_gradient, replicate_gradients
 
 RECORD_COLUMNS = [
@@ -26,6 +28,26 @@ RECORD_COLUMNS = [
     "param_value", "true_value", "unbiased", "snr", "log10_var", "work_normalized_var",
     "z_bias", "n_finite", "device", "dtype", "torch_version",
 ]  # fmt: skip
+
+
+def environment_columns(device, dtype) -> dict[str, str]:
+    """The ``device``, ``dtype`` and ``torch_version`` columns of a records row."""
+    return {
+        "device": str(device),
+        "dtype": str(dtype).removeprefix("torch."),
+        "torch_version": torch.__version__,
+    }
+
+
+def nonfinite_status(n_finite: int, replicates: int, nonfinite: str) -> tuple[str, bool]:
+    """A measurement's ``status`` for ``n_finite`` finite replicates out of ``replicates``,
+    and whether its statistics are computed (all finite, or ``drop`` with at least two)."""
+    if n_finite == replicates:
+        return "ok", True
+    status = f"nonfinite: {replicates - n_finite} of {replicates} replicates"
+    if nonfinite == "drop" and n_finite >= 2:
+        return f"{status}; statistics over the {n_finite} finite ones", True
+    return status, False
 
 
 def synchronize(device: torch.device) -> None:
@@ -79,6 +101,7 @@ def measure_variance(
     timing_min_run_time: float = 0.05,
     max_batch_samples: int = 2**22,
     nonfinite: str = "record",
+    reset: bool = True,
 ) -> pd.DataFrame:
     """Bias, variance and cost of ``estimator`` on ``objective`` at its parameters.
 
@@ -88,18 +111,13 @@ def measure_variance(
     (``time_per_estimate_s``). An estimator that does not apply gives rows with status
     ``skipped: <reason>``; non-finite estimates give ``nonfinite: k of R replicates`` and
     NaN statistics, or, with ``nonfinite="drop"``, statistics over the finite replicates
-    only (``n_finite`` of them; ``bias_se`` uses that count).
+    only (``n_finite`` of them; ``bias_se`` uses that count). ``reset=False`` keeps the
+    estimator's state (a baseline as training left it) instead of forgetting it first.
 
     Returns:
         One row per parameter coordinate, columns ``RECORD_COLUMNS``.
     """
-    if n_samples < 1:
-        raise ValueError(f"n_samples must be at least 1, got {n_samples}")
-    if replicates < 2:
-        raise ValueError(f"replicates must be at least 2 to estimate a variance, got {replicates}")
-    if nonfinite not in ("record", "drop"):
-        raise ValueError(f"nonfinite must be 'record' or 'drop', got {nonfinite!r}")
-
+    check_sizes(n_samples, replicates, nonfinite)
     theta = objective.theta
     device = theta.device
     true_grad = objective.true_grad().cpu()
@@ -109,7 +127,8 @@ def measure_variance(
     stats = {"mean": nan, "var": nan, "n_finite": 0, "measure": math.nan, "time": math.nan}
 
     torch.manual_seed(seed)
-    estimator.reset()
+    if reset:
+        estimator.reset()
     try:
         estimator.check(objective, theta, n_samples)
     except NotApplicable as reason:
@@ -129,15 +148,10 @@ def measure_variance(
         grads = grads.detach().to("cpu", torch.float64)  # [replicates, D]
         finite = torch.isfinite(grads).all(-1)
         stats["n_finite"] = int(finite.sum())
-        if stats["n_finite"] < replicates:
-            status = f"nonfinite: {replicates - stats['n_finite']} of {replicates} replicates"
-            if nonfinite == "drop" and stats["n_finite"] >= 2:
-                status += f"; statistics over the {stats['n_finite']} finite ones"
-                kept = grads[finite]
-                stats["mean"], stats["var"] = kept.mean(0), kept.var(0, correction=1)
-        else:
-            status = "ok"
-            stats["mean"], stats["var"] = grads.mean(0), grads.var(0, correction=1)
+        status, computed = nonfinite_status(stats["n_finite"], replicates, nonfinite)
+        if computed:
+            kept = grads[finite]
+            stats["mean"], stats["var"] = kept.mean(0), kept.var(0, correction=1)
 
         stats["time"] = time_call(
             lambda: estimate_gradient(estimator, objective, theta, n_samples),
@@ -175,8 +189,6 @@ def measure_variance(
             "work_normalized_var": v * stats["time"],
             "z_bias": float(bias[k] / bias_se[k]) if bias_se[k] > 0 else math.nan,
             "n_finite": stats["n_finite"],
-            "device": str(device),
-            "dtype": str(theta.dtype).removeprefix("torch."),
-            "torch_version": torch.__version__,
+            **environment_columns(device, theta.dtype),
         })  # fmt: skip
     return pd.DataFrame(rows, columns=RECORD_COLUMNS)

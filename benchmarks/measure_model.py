@@ -2,7 +2,8 @@
 parameter group (``encoder``, ``decoder``, ``all`` for the VAEs; ``mean``, ``log_scale``,
 ``all`` for Bayesian logistic regression).
 
-Pure, like ``benchmarks.measure``: no Hydra, no files. For a group of P coordinates:
+Pure, like ``benchmarks.measure``: no Hydra, no files; a model's ``measure`` calls it.
+For a group of P coordinates:
 
 - ``var_grad``: the mean over coordinates of the per-coordinate variance across
   replicates (the "log-variance" of the REBAR/RELAX/DisARM plots is its log10);
@@ -31,8 +32,14 @@ import pandas as pd
 import torch
 from torch import Tensor
 
-from benchmarks.config import measurement_settings
-from benchmarks.measure import RECORD_COLUMNS, synchronize, time_call
+from benchmarks.measure import (
+    RECORD_COLUMNS,
+    environment_columns,
+    nonfinite_status,
+    synchronize,
+    time_call,
+)
+from benchmarks.settings import check_sizes
 from estimators import Estimator, NotApplicable, Reparameterization
 
 MODEL_COLUMNS = [
@@ -172,10 +179,7 @@ def measure_model_variance(
     Returns:
         Rows for each of ``objective.param_groups`` and ``all``, columns ``MODEL_COLUMNS``.
     """
-    if n_samples < 1:
-        raise ValueError(f"n_samples must be at least 1, got {n_samples}")
-    if replicates < 2:
-        raise ValueError(f"replicates must be at least 2 to estimate a variance, got {replicates}")
+    check_sizes(n_samples, replicates, nonfinite)
     theta = objective.theta
     device = theta.device
     params = [p for p in objective.parameters() if p.requires_grad]
@@ -211,12 +215,8 @@ def measure_model_variance(
         synchronize(device)
         stats["measure"] = time.perf_counter() - start
         stats["n_finite"] = n_finite
-        status = "ok"
-        if n_finite < replicates:
-            status = f"nonfinite: {replicates - n_finite} of {replicates} replicates"
-            if nonfinite == "drop" and n_finite >= 2:
-                status += f"; statistics over the {n_finite} finite ones"
-        if status == "ok" or (nonfinite == "drop" and n_finite >= 2):
+        status, computed = nonfinite_status(n_finite, replicates, nonfinite)
+        if computed:
             mean = _with_all({k: m.mean.cpu() for k, m in moments.items()})
             var = _with_all({k: m.var.cpu() for k, m in moments.items()})
         stats["time"] = time_call(one_estimate, timing_min_run_time)
@@ -232,9 +232,8 @@ def measure_model_variance(
             "param": group, "n_samples": n_samples, "replicates": replicates, "seed": seed,
             "time_per_estimate_s": stats["time"], "measure_time_s": stats["measure"],
             "status": status, "unbiased": estimator.unbiased, "n_finite": stats["n_finite"],
-            "device": str(device), "dtype": str(theta.dtype).removeprefix("torch."),
-            "torch_version": torch.__version__, "true_grad_method": objective.true_grad_method,
-            "step": step,
+            **environment_columns(device, theta.dtype),
+            "true_grad_method": objective.true_grad_method, "step": step,
         }  # fmt: skip
         row.update(dict.fromkeys(
             ("true_grad", "mean_grad", "var_grad", "bias", "bias_se", "true_grad_se", "snr",
@@ -264,14 +263,3 @@ def measure_model_variance(
                 row["bias_chi2"] = float((diff[informative].square() / se2[informative]).mean())
         rows.append(row)
     return pd.DataFrame(rows, columns=MODEL_COLUMNS)
-
-
-def model_cell(cfg, estimator, objective, estimator_name: str, objective_name: str):
-    """``task=variance`` on a model, as configured (called by ``benchmarks.run``)."""
-    return measure_model_variance(
-        estimator,
-        objective,
-        estimator_name=estimator_name,
-        objective_name=objective_name,
-        **measurement_settings(cfg),
-    )

@@ -1,4 +1,7 @@
-"""The Hydra entry point: compose, build, measure, write. Everything else lives elsewhere.
+"""The Hydra entry point, the only ``@hydra.main``: build the cell, run its task, write.
+
+``benchmarks.config.build_cell`` turns the composed config into plain objects; ``TASKS``
+picks the function that runs them; nothing below this module sees the config.
 
 In a sweep each cell is one job in its own folder. A job whose folder already holds
 complete records for the same configuration does nothing (``resume=true``, the default),
@@ -11,6 +14,7 @@ from __future__ import annotations
 import math
 import sys
 import traceback
+from collections.abc import Callable
 from pathlib import Path
 
 import hydra
@@ -20,14 +24,14 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
 from benchmarks.config import (
+    Cell,
     ConfigError,
-    build,
+    build_cell,
     config_hash,
+    config_path,
     launcher_threads,
-    measurement_settings,
-    resolve_device,
 )
-from benchmarks.measure import RECORD_COLUMNS, measure_variance
+from benchmarks.measure import RECORD_COLUMNS, environment_columns
 from benchmarks.records import (
     RECORDS,
     format_table,
@@ -35,40 +39,36 @@ from benchmarks.records import (
     remove_stale_temporaries,
     write_parquet_atomic,
 )
+from benchmarks.train import train_task
 
 ERROR_LOG = "error.log"
 
 
-def config_path() -> str:
-    """The conf/ folder of a source checkout or editable install, else the installed copy."""
-    source = Path(__file__).resolve().parent.parent / "conf"
-    return str(source) if (source / "config.yaml").is_file() else "pkg://benchmarks.conf"
+def variance_task(cell: Cell, out: Path) -> pd.DataFrame:
+    """``task=variance``: one measurement of the cell's estimator at its objective's
+    parameters."""
+    return cell.objective.measure(
+        cell.estimator,
+        cell.task,
+        estimator_name=cell.estimator_name,
+        objective_name=cell.objective_name,
+    )
+
+
+# The task a cell runs, by ``task.name`` (``benchmarks.config.TASK_SETTINGS`` has the same
+# keys: the settings each one takes).
+TASKS: dict[str, Callable[[Cell, Path], pd.DataFrame]] = {
+    "variance": variance_task,
+    "train": train_task,
+}
 
 
 def run_cell(cfg: DictConfig, estimator_name: str, objective_name: str) -> pd.DataFrame:
     """Measure one cell of a sweep as configured. Raises ``ConfigError`` for bad settings."""
     if cfg.threads is not None:
         torch.set_num_threads(cfg.threads)
-    device = resolve_device(cfg.device)
-    estimator, objective = build(cfg, device)
-    if cfg.task.name == "train":
-        from benchmarks.train import train_cell
-
-        return train_cell(cfg, estimator, objective, estimator_name, objective_name)
-    if cfg.task.name != "variance":
-        raise ConfigError(f"task must be one of: variance, train; got {cfg.task.name!r}")
-    if getattr(objective, "is_model", False):
-        from benchmarks.measure_model import model_cell
-
-        return model_cell(cfg, estimator, objective, estimator_name, objective_name)
-    return measure_variance(
-        estimator,
-        objective,
-        estimator_name=estimator_name,
-        objective_name=objective_name,
-        max_batch_samples=cfg.task.max_batch_samples,
-        **measurement_settings(cfg),
-    )
+    cell = build_cell(cfg, estimator_name=estimator_name, objective_name=objective_name)
+    return TASKS[cell.task_name](cell, Path(HydraConfig.get().runtime.output_dir))
 
 
 def failed_records(cfg: DictConfig, estimator_name: str, objective_name: str, reason: str):
@@ -81,7 +81,7 @@ def failed_records(cfg: DictConfig, estimator_name: str, objective_name: str, re
         "objective": objective_name, "estimator": estimator_name, "task": cfg.task.name,
         "param": "all", "n_samples": cfg.n_samples, "replicates": cfg.replicates,
         "seed": cfg.seed, "status": f"failed: {reason}", "n_finite": 0,
-        "device": str(cfg.device), "dtype": str(cfg.dtype), "torch_version": torch.__version__,
+        **environment_columns(cfg.device, cfg.dtype),
     })  # fmt: skip
     return pd.DataFrame([row], columns=RECORD_COLUMNS)
 

@@ -7,8 +7,7 @@ from hydra.core.global_hydra import GlobalHydra
 from hydra.errors import ConfigCompositionException
 from omegaconf.errors import ValidationError
 
-from benchmarks.config import ConfigError, build
-from benchmarks.run import config_path
+from benchmarks.config import ConfigError, build, config_path
 from estimators import Estimator
 
 CONF = config_path()
@@ -87,3 +86,52 @@ def test_sweep_preset_sets_a_multirun_grid(hydra_conf):
     assert set(params["estimator"].split(",")) == {
         "reinforce", "reinforce_loo", "reinforce_ema", "reinforce_optimal", "reparam"}  # fmt: skip
     assert params["n_samples"] == "1,10,100"
+
+
+def test_build_cell_gives_plain_objects_and_typed_task_settings(hydra_conf):
+    from benchmarks.config import Cell, build_cell
+    from benchmarks.settings import TrainSettings, VarianceSettings
+
+    cell = build_cell(compose("config", overrides=["n_samples=7", "seed=3"]),
+                      estimator_name="reinforce", objective_name="gaussian_quadratic")  # fmt: skip
+    assert isinstance(cell, Cell) and isinstance(cell.task, VarianceSettings)
+    assert (cell.task.n_samples, cell.task.seed, cell.task.nonfinite) == (7, 3, "record")
+    assert cell.task_name == "variance" and cell.tracked == {}
+    overrides = ["task=train", "task.lr=1e-2", "task.track=[reparam,reinforce]"]
+    cell = build_cell(compose("config", overrides=overrides), estimator_name="reinforce")
+    assert isinstance(cell.task, TrainSettings) and cell.task.lr == 0.01
+    assert cell.task.track == ("reparam", "reinforce")
+    # The training estimator is measured as training leaves it, so it is not built again.
+    assert set(cell.tracked) == {"reparam"} and isinstance(cell.tracked["reparam"], Estimator)
+
+
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        (["task=train", "task.steps=0"], "task.steps must be a positive integer, got 0"),
+        (["task=train", "task.eval_every=-1"], "task.eval_every must be a positive integer"),
+        (["task=train", "task.lr=0"], "task.lr must be a number > 0, got 0"),
+        (["task=train", "task.lr=fast"], "task.lr must be a number > 0, got 'fast'"),
+        (["task=train", "task.compile=maybe"], "task.compile must be true or false"),
+        (["task=train", "task.track=reparam"], "task.track must be a list of estimator names"),
+        (["task=train", "task.track=[nope]"], "task.track: unknown estimator 'nope'"),
+        (["task.nonfinite=skip"], "task.nonfinite must be one of record, drop"),
+        (["task.name=nope"], "task must be one of: variance, train; got 'nope'"),
+    ],
+)
+def test_build_cell_refuses_bad_task_settings_in_one_line(hydra_conf, overrides, message):
+    from benchmarks.config import build_cell
+
+    with pytest.raises(ConfigError, match=message) as info:
+        build_cell(compose("config", overrides=overrides))
+    assert "\n" not in str(info.value)
+
+
+def test_task_settings_check_their_values_without_a_config():
+    from benchmarks.settings import TrainSettings, VarianceSettings
+
+    with pytest.raises(ConfigError, match="replicates must be at least 2"):
+        VarianceSettings(n_samples=1, replicates=1)
+    with pytest.raises(ConfigError, match="task.steps must be a positive integer"):
+        TrainSettings(n_samples=1, replicates=2, steps=0)
+    assert TrainSettings(n_samples=1, replicates=2, track=["reparam"]).track == ("reparam",)

@@ -15,7 +15,7 @@ from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 
 from benchmarks.cli import main
-from benchmarks.config import build
+from benchmarks.config import build, config_path
 from benchmarks.measure_model import (
     Moments,
     measure_model_variance,
@@ -25,7 +25,6 @@ from benchmarks.measure_model import (
 from benchmarks.objectives.bayes_logreg import BayesLogReg
 from benchmarks.objectives.data import digits, mnist, synthetic, write_idx
 from benchmarks.objectives.vae import BernoulliVAE, GaussianVAE
-from benchmarks.run import config_path
 from estimators import (
     DisARM,
     Estimator,
@@ -46,8 +45,8 @@ SMALL = ["data=synthetic", "objective.latent_dim=3", "objective.hidden_dim=8",
 
 @pytest.fixture(autouse=True)
 def _one_thread():
-    # These models are tiny and latency-bound: on a busy 2-core machine a second torch
-    # thread only adds synchronisation (measured: 3× slower). Results do not depend on it.
+    # These models are tiny and latency-bound: a second torch thread only adds
+    # synchronisation. Results do not depend on it.
     torch.set_num_threads(1)
 
 
@@ -72,7 +71,7 @@ def test_every_model_and_estimator_composes_and_gives_gradients_of_the_right_sha
     loader = GlobalHydra.instance().config_loader()
     names = sorted(loader.get_group_options("estimator"))
     assert set(MODELS) <= set(loader.get_group_options("objective"))
-    # Composing is slow (~0.1 s): one config per estimator and one per model, then every
+    # Composing is the slow part: one config per estimator and one per model, then every
     # pair is built from them.
     estimators = {n: compose("config", overrides=[f"estimator={n}"]).estimator for n in names}
     for model in MODELS:
@@ -255,7 +254,8 @@ def test_learned_baseline_cuts_reinforce_variance_after_warm_up():
 def test_variance_ordering_on_the_gaussian_vae():
     """reparam < reinforce_loo < reinforce on the encoder (digits, at initialisation).
 
-    The ratios are large (measured: ~100× and ~10×), so 300 replicates leave no doubt."""
+    The ratios are large (two orders of magnitude and one), so 300 replicates leave no
+    doubt."""
     vae = GaussianVAE(digits(), latent_dim=4, hidden_dim=16, batch_size=8, **F64)
     var = {}
     for name, estimator in (("reparam", Reparameterization()), ("reinforce", Reinforce()),

@@ -6,11 +6,14 @@ import pytest
 import torch
 
 from benchmarks.objectives import (
+    TOYS,
     BernoulliThreshold,
     CategoricalLinear,
     GaussianCosine,
     GaussianQuadratic,
 )
+from benchmarks.objectives.toy import BernoulliShared
+from estimators import Reparameterization, estimate_gradient
 from tests.stats import mean_z, z_threshold
 
 F64 = {"dtype": torch.float64}
@@ -37,7 +40,7 @@ def test_gaussian_cosine_gradient(mu, sigma, omega):
 
 @pytest.mark.parametrize(
     "target, logit, expected",
-    # REFERENCE.md, Bernoulli threshold table: dL/d(eta) = theta(1 - theta)(1 - 2t).
+    # REBAR's toy (Tucker et al. 2017): dL/d(eta) = theta(1 - theta)(1 - 2t), theta = sigmoid(eta).
     [(0.45, 0.0, 0.025), (0.45, -1.0, 0.019661), (0.499, 0.0, 5.0e-4), (0.499, -1.0, 3.932e-4)],
 )
 def test_bernoulli_threshold_gradient_matches_reference(target, logit, expected):
@@ -87,3 +90,69 @@ def test_closed_form_value_is_the_expectation_of_the_cost(objective):
 def test_bad_parameters_are_refused_with_the_key_named(make, message):
     with pytest.raises(ValueError, match=message):
         make()
+
+
+# -- the training interface ---------------------------------------------------------------
+
+# Each toy at a point where L is within 1e-6 of its infimum, and the infimum itself.
+NEAR_INFIMUM = [
+    (GaussianQuadratic(mu=0.3, sigma=1e-4, target=0.3, **F64), 0.0),
+    (GaussianCosine(mu=math.pi / 2, sigma=1e-4, omega=2.0, **F64), -1.0),
+    (GaussianCosine(mu=0.5, sigma=1e-4, omega=0.0, **F64), 1.0),
+    (BernoulliThreshold(logit=-30.0, target=0.45, **F64), 0.45**2),
+    (BernoulliThreshold(logit=30.0, target=0.7, **F64), 0.3**2),
+    (CategoricalLinear(logits=[-30.0, 30.0, -30.0], rewards=[1.0, -2.0, 0.5], **F64), -2.0),
+    (BernoulliShared(phi=30.0, targets=[0.6, 0.51, 0.48], **F64), 0.4**2 + 0.49**2 + 0.52**2),
+]
+
+
+@pytest.mark.parametrize("objective, infimum", NEAR_INFIMUM, ids=lambda o: getattr(o, "name", ""))
+def test_each_toy_knows_its_infimum_and_no_parameter_goes_below_it(objective, infimum):
+    assert objective.infimum == pytest.approx(infimum, abs=1e-12)
+    assert float(objective.exact_value(objective.theta)) == pytest.approx(infimum, abs=1e-6)
+    # Anywhere else L is at least the infimum (a random cloud of parameters).
+    torch.manual_seed(0)
+    d = objective.theta.shape[-1]
+    thetas = objective.theta + 3 * torch.randn(2000, d, **F64)
+    if objective.param_names[-1] == "sigma":
+        thetas[:, 1] = thetas[:, 1].abs() + 1e-3
+    assert (objective.exact_value(thetas) >= infimum - 1e-12).all()
+
+
+def test_a_training_step_keeps_sigma_positive_and_moves_theta():
+    objective = GaussianQuadratic(mu=1.0, sigma=0.01, target=0.0, **F64)
+    (leaf,) = objective.parameters()
+    with torch.no_grad():
+        leaf -= torch.tensor([0.5, 1.0], **F64)  # a step that would make sigma negative
+    objective.constrain()
+    torch.testing.assert_close(objective.theta, torch.tensor([0.5, 1e-3], **F64))
+    # A toy without a constraint takes the step as it is.
+    bits = BernoulliThreshold(logit=0.0, **F64)
+    (leaf,) = bits.parameters()
+    with torch.no_grad():
+        leaf -= 5.0
+    bits.constrain()
+    assert bits.theta.item() == -5.0
+
+
+def test_a_toys_training_loss_differentiates_to_one_estimate():
+    objective = GaussianQuadratic(mu=1.0, sigma=0.7, target=0.2, **F64)
+    (leaf,) = objective.parameters()
+    torch.manual_seed(3)
+    objective.loss(Reparameterization(), 10).backward()
+    torch.manual_seed(3)
+    expected = estimate_gradient(Reparameterization(), objective, objective.theta, 10)
+    torch.testing.assert_close(leaf.grad, expected, rtol=1e-12, atol=1e-12)
+
+
+def test_toys_and_models_share_the_training_interface():
+    from benchmarks.objectives.base import Objective
+    from benchmarks.objectives.model import ModelObjective
+    from benchmarks.objectives.vae import BernoulliVAE, GaussianVAE
+
+    for toy in TOYS.values():
+        assert issubclass(toy, Objective) and not issubclass(toy, ModelObjective)
+        assert toy.optimizer_class is torch.optim.SGD
+    for model in (BernoulliVAE, GaussianVAE):
+        assert issubclass(model, ModelObjective) and issubclass(model, Objective)
+        assert model.optimizer_class is torch.optim.Adam and math.isnan(model.infimum)

@@ -1,4 +1,6 @@
-"""Objectives: the toy suite with exact answers (``toy``)."""
+"""Objectives: the interface the tasks use (``base``), the toy suite with exact answers
+(``toy``), the model contract (``model``) and the models (``vae``, ``bayes_logreg``) with
+their data (``data``)."""
 
 from benchmarks.objectives.toy import (
     TOYS,

@@ -25,14 +25,14 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.distributions import Independent, Normal
 
-from benchmarks.objectives.model import choose_true_grad, load_checkpoint
+from benchmarks.objectives.closed_form import kl_to_standard_normal
+from benchmarks.objectives.model import ModelObjective, choose_true_grad, load_checkpoint
 
 
-class BayesLogReg(nn.Module):
+class BayesLogReg(ModelObjective):
     """Bayesian logistic regression on breast cancer; θ = (μ, log σ) of q(w)."""
 
     name = "bayes_logreg"
-    is_model = True
     param_groups = ("mean", "log_scale")
     cost_is_differentiable = True
 
@@ -92,8 +92,7 @@ class BayesLogReg(nn.Module):
         return -scale * F.logsigmoid(y * logits).sum(-1)
 
     def kl(self, theta: Tensor) -> Tensor:
-        mean, log_scale = theta.split(self.dim, dim=-1)
-        return 0.5 * (mean.square() + (2 * log_scale).exp() - 1 - 2 * log_scale).sum(-1)
+        return kl_to_standard_normal(*theta.split(self.dim, dim=-1))
 
     # -- training and measurement -------------------------------------------------------
     def next_batch(self, generator: torch.Generator) -> None:

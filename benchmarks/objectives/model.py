@@ -1,4 +1,4 @@
-"""What a *model* objective adds to the estimator contract, and the pieces models share.
+"""The model contract (``ModelObjective``), and the pieces models share.
 
 A model objective (``vae_bernoulli``, ``vae_gaussian``, ``bayes_logreg``) is a
 ``torch.nn.Module`` that implements ``estimators.StochasticObjective`` for its current
@@ -12,20 +12,9 @@ added to every estimate: it changes the mean gradient, never the variance.
 So every estimator in ``estimators/`` works unchanged: it estimates ∇θ E_q[cost], as on a
 toy, and the chain rule carries that to the encoder's weights. Parameters of the cost (a
 decoder) get their gradient pathwise, through the ``cost`` that each surrogate contains.
-The loss is minimised (−ELBO), as the toys' E[f] is.
-
-Beyond the contract, a model provides, for ``benchmarks.measure_model`` and
-``benchmarks.train``:
-
-- ``param_groups``: names of the parameter groups whose gradients are measured;
-- ``replicate_gradients(estimator, n_samples, replicates)``: independent estimates of the
-  gradient of the minibatch loss, ``{group: [replicates, P_group]}``, batched;
-- ``loss(estimator, n_samples)``: a scalar whose gradient w.r.t. ``parameters()`` is one
-  estimate (what a training step differentiates);
-- ``exact_gradient()``: ``{group: [P_group]}`` where it can be computed exactly (by
-  enumeration or quadrature), with ``true_grad_method`` saying how ("exact", "reference",
-  or "none");
-- ``next_batch(generator)`` and ``elbo(split)`` for training.
+The loss is minimised (−ELBO), as the toys' E[f] is. ``ModelObjective`` states the methods
+a model adds for ``benchmarks.measure_model`` and ``benchmarks.train``, and implements the
+tasks' interface (``benchmarks.objectives.base.Objective``) from them.
 """
 
 from __future__ import annotations
@@ -33,10 +22,83 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
+import pandas as pd
 import torch
 from torch import Tensor, nn
 
+from benchmarks.measure_model import measure_model_variance, true_gradient
+from benchmarks.objectives.base import Objective
+from benchmarks.settings import MeasureSettings
+
 TRUE_GRAD = ("auto", "exact", "reference", "none")
+
+
+class ModelObjective(nn.Module, Objective):
+    """A model as a stochastic objective: trained with Adam on all its parameters, one
+    fresh minibatch per step, measured on a fixed minibatch.
+
+    Attributes:
+        param_groups: names of the parameter groups whose gradients are measured.
+        true_grad_method: how ``benchmarks.measure_model.true_gradient`` gets the truth:
+            ``exact`` (``exact_gradient``), ``reference`` (reparam from
+            ``reference_samples`` draws per data point) or ``none``.
+        reference_samples: draws per data point of the reference gradient.
+    """
+
+    param_groups: tuple[str, ...] = ()
+    true_grad_method: str = "none"
+    reference_samples: int = 10000
+    optimizer_class = torch.optim.Adam
+
+    # -- what each model implements -----------------------------------------------------
+    @property
+    def theta(self) -> Tensor:
+        """The stochastic node's parents for the current minibatch, detached."""
+        raise NotImplementedError
+
+    def kl(self, theta: Tensor) -> Tensor:
+        """KL(q_θ ‖ prior), analytic; its exact gradient is added to every estimate."""
+        raise NotImplementedError
+
+    def replicate_gradients(self, estimator, n_samples: int, replicates: int) -> dict[str, Tensor]:
+        """Independent estimates of the gradient of the minibatch loss, batched:
+        ``{group: [replicates, P_group]}`` for each of ``param_groups``."""
+        raise NotImplementedError
+
+    def loss(self, estimator, n_samples: int) -> Tensor:
+        """The minibatch −ELBO; its gradient w.r.t. ``parameters()`` is one estimate."""
+        raise NotImplementedError
+
+    def exact_gradient(self) -> dict[str, Tensor]:
+        """``{group: [P_group]}`` at the current parameters, where ``true_grad_method`` is
+        ``exact`` (by enumeration or quadrature)."""
+        raise NotImplementedError
+
+    def batch_loss(self, n_samples: int) -> Tensor:
+        """The −ELBO of the current minibatch (exact where it can be, else Monte Carlo)."""
+        raise NotImplementedError
+
+    def elbo(self, split: str = "test", n_samples: int = 16) -> float:
+        """Mean ELBO on a data split (NaN where the model has no such split)."""
+        raise NotImplementedError
+
+    # -- the tasks' interface (benchmarks.objectives.base.Objective) ----------------------
+    def step_row(self, n_samples: int) -> dict[str, float]:
+        with torch.no_grad():
+            loss = float(self.batch_loss(n_samples))
+        return {"loss": loss, "train_elbo": -loss}
+
+    def evaluation_row(self, eval_samples: int) -> dict[str, float]:
+        return {"heldout_elbo": self.elbo("test", eval_samples)}
+
+    def checkpoint(self) -> dict:
+        return self.state_dict()
+
+    def truth(self):
+        return true_gradient(self)
+
+    def measure(self, estimator, settings: MeasureSettings, **options) -> pd.DataFrame:
+        return measure_model_variance(estimator, self, **options, **settings.measure_kwargs())
 
 
 class MLP(nn.Module):

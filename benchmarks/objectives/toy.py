@@ -1,10 +1,10 @@
 """Toy objectives L(θ) = E_{x ~ p_θ}[f(x)] whose value and gradient are known exactly.
 
 Each toy keeps its parameters as one vector ``theta`` [D] (names in ``param_names``)
-and implements the ``estimators.StochasticObjective`` contract. The exact objective is
-written in closed form in torch and the exact gradient is its autograd gradient; the tests
-check those gradients against the hand-derived formulas of Mohamed et al. (2020) and
-../shared/REFERENCE.md.
+and implements the ``estimators.StochasticObjective`` contract and the tasks' interface
+(``benchmarks.objectives.base.Objective``). The exact objective is written in closed form
+in torch and the exact gradient is its autograd gradient; the tests check those gradients
+against the hand-derived formulas of Mohamed et al. (2020).
 
 Gradients are taken in the parameterisation named (σ itself, not log σ; the logit, not
 the probability).
@@ -14,20 +14,31 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+import pandas as pd
 import torch
 from torch import Tensor
 from torch.distributions import Bernoulli, Categorical, Distribution, Independent, Normal
 
+from benchmarks.measure import measure_variance
+from benchmarks.objectives.base import Objective
+from benchmarks.objectives.closed_form import binary_states
+from benchmarks.settings import MeasureSettings
 
-class ToyObjective:
-    """Shared machinery: a parameter vector, its names, and the exact gradient."""
+# The smallest σ training leaves a Gaussian toy: at σ = 0 its distribution is undefined.
+MIN_SIGMA = 1e-3
 
-    name: str = ""
+
+class ToyObjective(Objective):
+    """Shared machinery: a parameter vector, its names, the exact gradient, and training
+    by plain SGD on θ."""
+
     cost_is_differentiable: bool = True
     param_names: list[str]
+    optimizer_class = torch.optim.SGD
 
     def __init__(self, values: Sequence[float], device: str | torch.device, dtype: torch.dtype):
         self.theta = torch.tensor(list(values), device=device, dtype=dtype)  # [D]
+        self._trained: Tensor | None = None
 
     def distribution(self, theta: Tensor) -> Distribution:
         raise NotImplementedError
@@ -45,9 +56,33 @@ class ToyObjective:
         (grad,) = torch.autograd.grad(self.exact_value(theta), theta)
         return grad
 
-    def to(self, device: str | torch.device) -> ToyObjective:
-        self.theta = self.theta.to(device)
-        return self
+    # -- training (benchmarks.objectives.base.Objective) --------------------------------
+    def parameters(self) -> list[Tensor]:
+        """A leaf copy of θ that training updates; ``constrain`` copies it back to θ."""
+        self._trained = self.theta.detach().clone().requires_grad_(True)
+        return [self._trained]
+
+    def loss(self, estimator, n_samples: int) -> Tensor:
+        return estimator.surrogate(self, self._trained, n_samples).mean(0).sum()
+
+    def constrain(self) -> None:
+        self.theta = self._trained.detach().clone()
+
+    def step_row(self, n_samples: int) -> dict[str, float]:
+        loss = float(self.exact_value(self.theta))
+        return {"loss": loss, "optimality_gap": loss - self.infimum}
+
+    def measure(
+        self, estimator, settings: MeasureSettings, *, step=None, truth=None, **options
+    ) -> pd.DataFrame:
+        # The exact gradient is cheap here: measure_variance computes it, truth is unused.
+        frame = measure_variance(
+            estimator, self, max_batch_samples=settings.max_batch_samples, **options,
+            **settings.measure_kwargs(),
+        )  # fmt: skip
+        if step is not None:
+            frame["step"] = step
+        return frame
 
 
 def _number(name: str, value) -> float:
@@ -70,21 +105,32 @@ def _positive(name: str, value) -> float:
     return value
 
 
-class GaussianQuadratic(ToyObjective):
+class GaussianToy(ToyObjective):
+    """x ~ N(mu, sigma²), θ = (mu, sigma); training keeps sigma ≥ ``MIN_SIGMA``."""
+
+    param_names = ["mu", "sigma"]
+
+    def distribution(self, theta):
+        return Normal(theta[..., 0], theta[..., 1])
+
+    def constrain(self) -> None:
+        with torch.no_grad():
+            self._trained[1] = self._trained[1].clamp_min(MIN_SIGMA)
+        super().constrain()
+
+
+class GaussianQuadratic(GaussianToy):
     """x ~ N(mu, sigma²), f(x) = (x − target)², L = (mu − target)² + sigma².
 
     The running example of Mohamed et al. (2020), Fig. 2.
     """
 
     name = "gaussian_quadratic"
-    param_names = ["mu", "sigma"]
+    infimum = 0.0  # mu = target, sigma -> 0
 
     def __init__(self, mu=1.0, sigma=1.0, target=0.0, device="cpu", dtype=torch.float32):
         super().__init__([_number("mu", mu), _positive("sigma", sigma)], device, dtype)
         self.target = _number("target", target)
-
-    def distribution(self, theta):
-        return Normal(theta[..., 0], theta[..., 1])
 
     def cost(self, x):
         d = x - self.target
@@ -94,18 +140,18 @@ class GaussianQuadratic(ToyObjective):
         return (theta[..., 0] - self.target) ** 2 + theta[..., 1] ** 2
 
 
-class GaussianCosine(ToyObjective):
+class GaussianCosine(GaussianToy):
     """x ~ N(mu, sigma²), f(x) = cos(omega·x), L = cos(omega·mu)·exp(−omega²·sigma²/2)."""
 
     name = "gaussian_cosine"
-    param_names = ["mu", "sigma"]
 
     def __init__(self, mu=1.0, sigma=1.0, omega=1.0, device="cpu", dtype=torch.float32):
         super().__init__([_number("mu", mu), _positive("sigma", sigma)], device, dtype)
         self.omega = _number("omega", omega)
 
-    def distribution(self, theta):
-        return Normal(theta[..., 0], theta[..., 1])
+    @property
+    def infimum(self) -> float:
+        return -1.0 if self.omega != 0 else 1.0  # omega·mu = pi, sigma -> 0
 
     def cost(self, x):
         return torch.cos(self.omega * x)
@@ -129,6 +175,10 @@ class BernoulliThreshold(ToyObjective):
     def __init__(self, logit=0.0, target=0.45, device="cpu", dtype=torch.float32):
         super().__init__([_number("logit", logit)], device, dtype)
         self.target = _number("target", target)
+
+    @property
+    def infimum(self) -> float:
+        return min(self.target**2, (1 - self.target) ** 2)  # p -> 0 or 1
 
     def distribution(self, theta):
         return Bernoulli(logits=theta[..., 0])
@@ -167,9 +217,9 @@ class CategoricalLinear(ToyObjective):
         self.rewards = torch.tensor(rewards, device=device, dtype=dtype)
         self.param_names = [f"logits[{k}]" for k in range(len(logits))]
 
-    def to(self, device):
-        self.rewards = self.rewards.to(device)
-        return super().to(device)
+    @property
+    def infimum(self) -> float:
+        return float(self.rewards.min())  # all mass on the best reward
 
     def distribution(self, theta):
         return Categorical(logits=theta)
@@ -205,9 +255,11 @@ class BernoulliShared(ToyObjective):
         super().__init__([_number("phi", phi)], device, dtype)
         self.targets = torch.tensor(targets, device=device, dtype=dtype)
 
-    def to(self, device):
-        self.targets = self.targets.to(device)
-        return super().to(device)
+    @property
+    def infimum(self) -> float:
+        # L is linear in p = sigmoid(phi): the infimum is at p -> 0 or p -> 1.
+        targets = self.targets
+        return float(min(targets.square().sum(), (1 - targets).square().sum()))
 
     def distribution(self, theta):
         logits = theta[..., :1].expand(*theta.shape[:-1], len(self.targets))
@@ -221,11 +273,7 @@ class BernoulliShared(ToyObjective):
         return self.cost(y)
 
     def exact_value(self, theta):
-        k = len(self.targets)
-        codes = torch.arange(2**k, device=theta.device)
-        states = ((codes.unsqueeze(-1) >> torch.arange(k, device=theta.device)) & 1).to(
-            theta.dtype
-        )  # [2^K, K]
+        states = binary_states(len(self.targets), theta.device, theta.dtype)  # [2^K, K]
         log_p = self.distribution(theta.unsqueeze(-2)).log_prob(states)  # [*batch, 2^K]
         return (log_p.exp() * self.cost(states)).sum(-1)
 

@@ -9,8 +9,8 @@ logits of Bernoulli pixels, and a fixed prior. Per data point the loss is the ne
 with the KL term analytic (Kingma & Welling 2014, appendix B, for the Gaussian; the sum
 of per-bit Bernoulli KLs for the binary latents). ``cost(z) = −log p(x | z)`` is what the
 estimators see: they estimate ∇θ of its expectation, the KL gradient is added exactly. The
-minibatch loss is the mean of −ELBO(x) over the batch. See ``benchmarks.objectives.model``
-for the rest of the model contract.
+minibatch loss is the mean of −ELBO(x) over the batch. ``ModelObjective`` in
+``benchmarks.objectives.model`` states the rest of the model contract.
 
 ``vae_bernoulli``: z ∈ {0,1}^L, q = ∏ Bernoulli(sigmoid(θ_l)) (a sigmoid belief layer),
 prior Bernoulli(½)^L; θ [B, L] are the logits. reparam does not apply. Its exact gradient
@@ -26,11 +26,18 @@ import math
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor, nn
+from torch import Tensor
 from torch.distributions import Bernoulli, Distribution, Independent, Normal
 
+from benchmarks.objectives.closed_form import binary_states, kl_to_standard_normal
 from benchmarks.objectives.data import Dataset
-from benchmarks.objectives.model import MLP, choose_true_grad, flat, load_checkpoint
+from benchmarks.objectives.model import (
+    MLP,
+    ModelObjective,
+    choose_true_grad,
+    flat,
+    load_checkpoint,
+)
 
 
 def _positive_int(name: str, value) -> int:
@@ -39,11 +46,9 @@ def _positive_int(name: str, value) -> int:
     return value
 
 
-class VAE(nn.Module):
+class VAE(ModelObjective):
     """Shared machinery of the two VAEs; subclasses set the latent family."""
 
-    name = ""
-    is_model = True
     param_groups = ("encoder", "decoder")
     cost_is_differentiable = True
 
@@ -114,9 +119,6 @@ class VAE(nn.Module):
         return (F.softplus(logits) - self.x * logits).sum(-1)
 
     # -- training and measurement -------------------------------------------------------
-    def set_batch(self, x: Tensor) -> None:
-        self.x = x
-
     def measure_batch(self) -> None:
         """Go back to the fixed minibatch on which variances are measured."""
         self.x = self.fixed_x
@@ -258,9 +260,7 @@ class BernoulliVAE(VAE):
 
     def states(self) -> Tensor:
         """All 2^L latent states, [2^L, L]."""
-        codes = torch.arange(2**self.latent_dim, device=self.x.device)
-        bits = (codes.unsqueeze(-1) >> torch.arange(self.latent_dim, device=self.x.device)) & 1
-        return bits.to(self.x.dtype)
+        return binary_states(self.latent_dim, self.x.device, self.x.dtype)
 
     def exact_loss(self, x):
         """−ELBO per data point by summing over all 2^L latent states, [B]."""
@@ -297,8 +297,7 @@ class GaussianVAE(VAE):
         return Independent(Normal(mean, log_scale.exp()), 1)
 
     def kl(self, theta):
-        mean, log_scale = theta.split(self.latent_dim, dim=-1)
-        return 0.5 * (mean.square() + (2 * log_scale).exp() - 1 - 2 * log_scale).sum(-1)
+        return kl_to_standard_normal(*theta.split(self.latent_dim, dim=-1))
 
     def _choose_true_grad(self, setting):
         return choose_true_grad(
