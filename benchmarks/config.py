@@ -13,6 +13,7 @@ import os
 import re
 import sys
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -54,6 +55,12 @@ class Settings:
 
 
 ConfigStore.instance().store(name="gradbench_schema", node=Settings)
+
+
+def config_path() -> str:
+    """The conf/ folder of a source checkout or editable install, else the installed copy."""
+    source = Path(__file__).resolve().parent.parent / "conf"
+    return str(source) if (source / "config.yaml").is_file() else "pkg://benchmarks.conf"
 
 
 # Longest cell folder name kept as is; longer ones are cut and get a hash.
@@ -147,7 +154,12 @@ def _instantiate(node: DictConfig, what: str, **kwargs):
     try:
         return instantiate(node, **kwargs)
     except InstantiationException as exc:
-        message = str(exc.__cause__ or exc).splitlines()[0]
+        cause = exc.__cause__ or exc
+        if isinstance(cause, ImportError) and isinstance(cause.__cause__, ImportError):
+            # Hydra could not locate _target_; its message puts the reason on later lines.
+            message = f"cannot import {node.get('_target_')!r}: {cause.__cause__}"
+        else:
+            message = str(cause).splitlines()[0]
         if f"{what}." not in message:  # say which group the error came from
             message = f"{what}: {message}"
         raise ConfigError(message) from None

@@ -23,26 +23,21 @@ from benchmarks.config import (
     ConfigError,
     build,
     config_hash,
+    config_path,
     launcher_threads,
     measurement_settings,
     resolve_device,
 )
 from benchmarks.measure import RECORD_COLUMNS, measure_variance
-from benchmarks.records import (
+from benchmarks.storage import (
     RECORDS,
-    format_table,
     records_complete,
     remove_stale_temporaries,
     write_parquet_atomic,
 )
+from benchmarks.summaries import format_table
 
 ERROR_LOG = "error.log"
-
-
-def config_path() -> str:
-    """The conf/ folder of a source checkout or editable install, else the installed copy."""
-    source = Path(__file__).resolve().parent.parent / "conf"
-    return str(source) if (source / "config.yaml").is_file() else "pkg://benchmarks.conf"
 
 
 def run_cell(cfg: DictConfig, estimator_name: str, objective_name: str) -> pd.DataFrame:

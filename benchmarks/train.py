@@ -42,7 +42,7 @@ from tqdm import tqdm
 from benchmarks.config import ConfigError, measurement_settings
 from benchmarks.measure import measure_variance
 from benchmarks.measure_model import measure_model_variance, model_cell, true_gradient
-from benchmarks.records import write_parquet_atomic
+from benchmarks.storage import write_parquet_atomic
 from estimators import Estimator, NotApplicable
 
 TRAIN = "train.parquet"
@@ -115,7 +115,7 @@ def build_estimator(name: str) -> Estimator:
     if GlobalHydra.instance().is_initialized():
         node = compose(config_name="config", overrides=[f"estimator={name}"]).estimator
     else:
-        from benchmarks.run import config_path
+        from benchmarks.config import config_path
 
         with initialize_config_dir(config_path(), version_base="1.3"):
             node = compose(config_name="config", overrides=[f"estimator={name}"]).estimator
