@@ -39,8 +39,8 @@ import pandas as pd
 import seaborn as sns
 from matplotlib.figure import Figure
 
-from benchmarks.errors import UsageError
 from benchmarks.collect import REPORT_MARKER, Problem, Runs, scan_runs
+from benchmarks.errors import UsageError
 from benchmarks.storage import write_parquet_atomic
 from benchmarks.summaries import swept_columns
 

@@ -43,7 +43,7 @@ ROWS = [
     ("missing-config-name", ["run", "--config-name", "nope"], "Cannot find primary config"),
     ("missing-config-dir", ["run", "--config-dir", "no/such/dir"], "--config-dir: no such folder"),
     ("missing-config-dir-joined", ["run", "--config-dir=no/such"], "--config-dir: no such folder"),
-    ("list-missing-config-dir", ["list", "--config-dir", "no/such"], "--config-dir: no such folder"),
+    ("list-no-config-dir", ["list", "--config-dir", "no/such"], "--config-dir: no such folder"),
     (
         "estimator-module-missing",
         ["run", "--config-dir", "user_conf", "estimator=missing_module"],

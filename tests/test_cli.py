@@ -104,7 +104,7 @@ def user_conf(tmp_path, monkeypatch):
     """A user's config folder with an estimator ``const`` from a module of the user's own."""
     (tmp_path / "gradbench_user_estimator.py").write_text(
         "from estimators import Reinforce\n\n\n"
-        "class Const(Reinforce):\n    \"\"\"REINFORCE under the user's own name.\"\"\"\n"
+        'class Const(Reinforce):\n    """REINFORCE under the user\'s own name."""\n'
     )
     monkeypatch.syspath_prepend(str(tmp_path))
     (tmp_path / "conf" / "estimator").mkdir(parents=True)
