@@ -201,7 +201,7 @@ def format_comparison(comparison: Comparison) -> str:
 
 def main(args: Sequence[str]) -> int:
     """Entry point of ``gradbench compare``; returns the exit code."""
-    from benchmarks.records import scan_runs
+    from benchmarks.collect import scan_runs
 
     parser = argparse.ArgumentParser(
         prog="gradbench compare", description=__doc__.splitlines()[0].split(": ", 1)[1]

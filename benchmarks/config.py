@@ -82,6 +82,34 @@ class Settings:
 
 ConfigStore.instance().store(name="gradbench_schema", node=Settings)
 
+# Estimators that other installed packages provide: an entry point in this group names an
+# estimator class (``my_estimator = "my_package.module:MyEstimator"``), and becomes the
+# option ``estimator=my_estimator`` with that class as its ``_target_``.
+ENTRY_POINT_GROUP = "gradbench.estimators"
+
+
+def register_entry_point_estimators() -> list[str]:
+    """Add every installed ``gradbench.estimators`` entry point to the ``estimator`` group.
+
+    Returns the names registered. Options in ``conf/estimator/`` keep their meaning: an
+    entry point with the same name as one of them is not registered.
+    """
+    from importlib.metadata import entry_points
+
+    shipped = {p.stem for p in (Path(__file__).resolve().parent.parent / "conf" / "estimator")
+               .glob("*.yaml")}  # fmt: skip
+    names = []
+    for point in entry_points(group=ENTRY_POINT_GROUP):
+        if point.name in shipped:
+            continue
+        target = point.value.replace(":", ".")
+        ConfigStore.instance().store(group="estimator", name=point.name, node={"_target_": target})
+        names.append(point.name)
+    return names
+
+
+register_entry_point_estimators()
+
 
 # Longest cell folder name kept as is; longer ones are cut and get a hash.
 MAX_CELL_DIRNAME = 160
@@ -178,7 +206,12 @@ def _instantiate(node: DictConfig, what: str, **kwargs):
     try:
         return instantiate(node, **kwargs)
     except InstantiationException as exc:
-        message = str(exc.__cause__ or exc).splitlines()[0]
+        cause = exc.__cause__ or exc
+        if isinstance(cause, ImportError) and isinstance(cause.__cause__, ImportError):
+            # Hydra could not locate _target_; its message puts the reason on later lines.
+            message = f"cannot import {node.get('_target_')!r}: {cause.__cause__}"
+        else:
+            message = str(cause).splitlines()[0]
         if f"{what}." not in message:  # say which group the error came from
             message = f"{what}: {message}"
         raise ConfigError(message) from None
@@ -236,6 +269,17 @@ def build_estimator(name: str) -> Estimator:
         with hydra_context():
             node = compose(config_name="config", overrides=[f"estimator={name}"]).estimator
     return _instantiate(node, "estimator")
+
+
+def instantiate_file(path: str | Path, **kwargs):
+    """The object a single config file describes (``_target_`` and its settings), for the
+    speed suite, which builds options one file at a time without composing the tree."""
+    return instantiate(OmegaConf.load(path), **kwargs)
+
+
+def load_file(path: str | Path) -> DictConfig:
+    """One config file's settings (``conf/objective/NAME.yaml`` and the like)."""
+    return OmegaConf.load(path)
 
 
 @dataclass

@@ -26,7 +26,7 @@ RECORD_COLUMNS = [
     "time_per_estimate_s", "measure_time_s", "status",
     # Beyond the contract.
     "param_value", "true_value", "unbiased", "snr", "log10_var", "work_normalized_var",
-    "z_bias", "n_finite", "device", "dtype", "torch_version",
+    "z_bias", "n_finite", "var_grad_se", "device", "dtype", "torch_version",
 ]  # fmt: skip
 
 
@@ -88,6 +88,15 @@ def replicate_gradients_chunked(
     return torch.cat(chunks)
 
 
+def variance_standard_error(grads: Tensor) -> Tensor:
+    """Standard error of the sample variance of each column of ``grads`` [R, D]:
+    sqrt((m4 − s⁴) / R), m4 the fourth central moment. Unlike the Gaussian formula
+    s² sqrt(2 / (R − 1)) it holds for the heavy-tailed estimates score functions give."""
+    centred = grads - grads.mean(0)
+    s2 = centred.square().mean(0)
+    return ((centred.pow(4).mean(0) - s2.square()).clamp_min(0) / grads.shape[0]).sqrt()
+
+
 def measure_variance(
     estimator: Estimator,
     objective,
@@ -124,7 +133,8 @@ def measure_variance(
     true_value = float(objective.exact_value(theta))
     d = theta.shape[-1]
     nan = torch.full((d,), math.nan, dtype=torch.float64)
-    stats = {"mean": nan, "var": nan, "n_finite": 0, "measure": math.nan, "time": math.nan}
+    stats = {"mean": nan, "var": nan, "var_se": nan, "n_finite": 0, "measure": math.nan,
+             "time": math.nan}  # fmt: skip
 
     torch.manual_seed(seed)
     if reset:
@@ -152,6 +162,7 @@ def measure_variance(
         if computed:
             kept = grads[finite]
             stats["mean"], stats["var"] = kept.mean(0), kept.var(0, correction=1)
+            stats["var_se"] = variance_standard_error(kept)
 
         stats["time"] = time_call(
             lambda: estimate_gradient(estimator, objective, theta, n_samples),
@@ -189,6 +200,7 @@ def measure_variance(
             "work_normalized_var": v * stats["time"],
             "z_bias": float(bias[k] / bias_se[k]) if bias_se[k] > 0 else math.nan,
             "n_finite": stats["n_finite"],
+            "var_grad_se": float(stats["var_se"][k]),
             **environment_columns(device, theta.dtype),
         })  # fmt: skip
     return pd.DataFrame(rows, columns=RECORD_COLUMNS)

@@ -39,15 +39,10 @@ import pandas as pd
 import seaborn as sns
 from matplotlib.figure import Figure
 
+from benchmarks.collect import REPORT_MARKER, Problem, Runs, scan_runs
 from benchmarks.errors import UsageError
-from benchmarks.records import (
-    REPORT_MARKER,
-    Problem,
-    Runs,
-    scan_runs,
-    swept_columns,
-    write_parquet_atomic,
-)
+from benchmarks.storage import write_parquet_atomic
+from benchmarks.summaries import swept_columns
 
 REPORT_DIR = "report"
 # Family-wise false-flag rate of the "bias is significant" column, over the rows of a table

@@ -32,13 +32,13 @@ from benchmarks.config import (
     launcher_threads,
 )
 from benchmarks.measure import RECORD_COLUMNS, environment_columns
-from benchmarks.records import (
+from benchmarks.storage import (
     RECORDS,
-    format_table,
     records_complete,
     remove_stale_temporaries,
     write_parquet_atomic,
 )
+from benchmarks.summaries import bias_notes, format_table
 from benchmarks.train import train_task
 
 ERROR_LOG = "error.log"
@@ -121,6 +121,8 @@ def main(cfg: DictConfig) -> None:
     write_parquet_atomic(records, out / RECORDS)
     if hydra_cfg.mode is None or hydra_cfg.mode.name == "RUN":
         print(format_table(records))
+        for note in bias_notes(records):
+            print(note)
         print(f"records: {out / RECORDS}")
 
 

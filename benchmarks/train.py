@@ -42,8 +42,8 @@ import torch
 from tqdm import tqdm
 
 from benchmarks.objectives.base import Objective
-from benchmarks.records import write_parquet_atomic
 from benchmarks.settings import TrainSettings
+from benchmarks.storage import write_parquet_atomic
 from estimators import Estimator, NotApplicable
 
 TRAIN = "train.parquet"

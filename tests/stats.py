@@ -21,6 +21,7 @@ from statistics import NormalDist
 
 import torch
 
+from benchmarks.measure import variance_standard_error
 from estimators import Estimator
 
 SUITE_BUDGET = 1e-3
@@ -46,8 +47,9 @@ FALSE_FAIL_RATES: dict[str, float] = {
     "models: unbiased against enumeration": 2e-5,
     "miss: models: scaled and relaxed estimators rejected": 1e-5,
     "models: Bayesian logistic regression quadrature gradient": 1e-5,
-    "compare: a re-run with a new seed raises no alarm": 1e-5,
-    "verify: our estimators pass": 1e-5,
+    "compare: a re-run with a new seed raises no alarm": 5e-5,
+    "verify: our estimators pass": 6e-5,
+    "miss: verify: wrong estimators fail": 3e-5,
     "miss: compare: an offset estimator's bias is flagged": 1e-5,
 }
 
@@ -75,16 +77,9 @@ def mean_z(samples: torch.Tensor, expected: torch.Tensor) -> torch.Tensor:
 
 
 def variance_z(samples: torch.Tensor, expected: torch.Tensor) -> torch.Tensor:
-    """z-scores of the sample variance against ``expected``, per coordinate.
-
-    The standard error of the sample variance is sqrt((m4 − s⁴) / R), with m4 the fourth
-    central moment, estimated from the same samples (valid for large R).
-    """
-    r = samples.shape[0]
-    centred = samples - samples.mean(0)
-    s2 = centred.square().mean(0)
-    m4 = centred.pow(4).mean(0)
-    return (samples.var(0) - expected) / ((m4 - s2.square()) / r).sqrt()
+    """z-scores of the sample variance against ``expected``, per coordinate, with the
+    fourth-moment standard error the records use (valid for large R)."""
+    return (samples.var(0) - expected) / variance_standard_error(samples)
 
 
 class Scaled(Estimator):

@@ -9,6 +9,7 @@ what a user's terminal shows.
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -31,12 +32,24 @@ ROWS = [
     ("unknown-task", ["run", "task=nope"], "unknown task 'nope'"),
     ("unknown-preset", ["run", "sweep=nope"], "unknown sweep 'nope'"),
     ("unknown-launcher", ["run", "-m", "hydra/launcher=nope"], "unknown hydra/launcher 'nope'"),
-    ("ray-not-installed", ["run", "-m", "hydra/launcher=ray"], "pip install 'gradbench[ray]'"),
+    (
+        "ray-not-installed",
+        ["run", "-m", "hydra/launcher=ray"],
+        "the ray launcher is an extra: pip install -c constraints.txt -e '.[ray]'",
+    ),
     ("unknown-in-sweep", ["run", "-m", "estimator=reinforce,nope"], "unknown estimator 'nope'"),
     ("unknown-key", ["run", "nsamples=10"], "unknown setting 'nsamples'"),
     ("unknown-nested-key", ["run", "objective.muu=1"], "unknown setting 'objective.muu'"),
     ("missing-config-name", ["run", "--config-name", "nope"], "Cannot find primary config"),
     ("missing-config-dir", ["run", "--config-dir", "no/such/dir"], "--config-dir: no such folder"),
+    ("missing-config-dir-joined", ["run", "--config-dir=no/such"], "--config-dir: no such folder"),
+    ("list-no-config-dir", ["list", "--config-dir", "no/such"], "--config-dir: no such folder"),
+    (
+        "estimator-module-missing",
+        ["run", "--config-dir", "user_conf", "estimator=missing_module"],
+        "estimator: cannot import 'gradbench_no_such_module.Estimator': "
+        "No module named 'gradbench_no_such_module'",
+    ),
     # Values.
     ("train-steps", ["run", "task=train", "task.steps=0"], "task.steps must be a positive"),
     ("train-compile", ["run", "task=train", "task.compile=maybe"], "task.compile must be true"),
@@ -133,9 +146,13 @@ ROWS = [
 
 @pytest.fixture
 def workdir(tmp_path, monkeypatch):
-    """A fresh current folder holding a regular file and an empty folder."""
+    """A fresh current folder: a regular file, an empty folder, a user config folder."""
     (tmp_path / "a_file").write_text("not an MNIST file, and not a folder\n")
     (tmp_path / "empty").mkdir()
+    (tmp_path / "user_conf" / "estimator").mkdir(parents=True)
+    (tmp_path / "user_conf" / "estimator" / "missing_module.yaml").write_text(
+        "_target_: gradbench_no_such_module.Estimator\n"
+    )
     monkeypatch.chdir(tmp_path)
     return tmp_path
 
@@ -173,7 +190,8 @@ def test_device_cuda_without_cuda_is_an_error_and_auto_falls_back(workdir, capsy
     code = main(["run", "device=auto", "replicates=50", "task.timing_min_run_time=0.001",
                  "hydra.run.dir=auto"])  # fmt: skip
     assert code == 0
-    assert "device=auto: CUDA is not available, running on CPU" in capsys.readouterr().err
+    # Said once, by the job: the pre-check builds the cell without choosing a device.
+    assert capsys.readouterr().err.count("device=auto: CUDA is not available, running on CPU") == 1
     assert (workdir / "auto" / "records.parquet").is_file()
 
 
@@ -213,3 +231,20 @@ def test_the_real_command_prints_one_line_and_no_traceback(workdir):
         assert proc.returncode == 2, err
         assert_clear_error(proc.returncode, err, words, workdir)
         assert out == ""
+
+
+def test_the_ray_hint_is_the_install_line_of_the_documents():
+    """The hint names the command README (or docs/) gives for Ray, with only the ray extra."""
+    from benchmarks.precheck import RAY_INSTALL
+
+    root = Path(__file__).resolve().parent.parent
+    pages = [root / "README.md", *sorted((root / "docs").glob("**/*.md"))]
+    commands = {
+        # ".venv/bin/pip install ... '.[dev,ray]'   # comment" -> "pip install ... '.[ray]'"
+        re.sub(r"\.\[[\w,]*\]", ".[ray]", line.split("#")[0].strip().removeprefix(".venv/bin/"))
+        for page in pages
+        for line in page.read_text().splitlines()
+        if re.search(r"pip install .*'\.\[[\w,]*\bray\b", line)
+    }
+    assert commands == {RAY_INSTALL}
+    assert "ray = [" in (root / "pyproject.toml").read_text()

@@ -99,6 +99,40 @@ def test_list_shows_estimators_objectives_and_compatibility(capsys):
     assert applies["reparam"] == "-"  # a Bernoulli is not reparameterizable
 
 
+@pytest.fixture
+def user_conf(tmp_path, monkeypatch):
+    """A user's config folder with an estimator ``const`` from a module of the user's own."""
+    (tmp_path / "gradbench_user_estimator.py").write_text(
+        "from estimators import Reinforce\n\n\n"
+        'class Const(Reinforce):\n    """REINFORCE under the user\'s own name."""\n'
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    (tmp_path / "conf" / "estimator").mkdir(parents=True)
+    (tmp_path / "conf" / "estimator" / "const.yaml").write_text(
+        "_target_: gradbench_user_estimator.Const\n"
+    )
+    return tmp_path / "conf"
+
+
+@pytest.mark.parametrize("joined", [False, True], ids=["--config-dir DIR", "--config-dir=DIR"])
+def test_a_user_estimator_from_a_config_dir_runs(tmp_path, user_conf, joined):
+    flag = [f"--config-dir={user_conf}"] if joined else ["--config-dir", str(user_conf)]
+    code, records = run(tmp_path / "out", *flag, "estimator=const", "replicates=50",
+                        "task.timing_min_run_time=0.001")  # fmt: skip
+    assert code == 0
+    assert (records["estimator"] == "const").all() and (records["status"] == "ok").all()
+
+
+def test_list_shows_the_options_of_a_config_dir(user_conf, capsys):
+    listed = {}
+    for args in ([], ["--config-dir", str(user_conf)], [f"--config-dir={user_conf}"]):
+        assert main(["list", *args]) == 0
+        first = capsys.readouterr().out.splitlines()[0]
+        listed[len(args)] = first.removeprefix("estimators: ").split(", ")
+    assert "const" not in listed[0] and "reinforce" in listed[0]
+    assert "const" in listed[1] and "const" in listed[2]
+
+
 @pytest.mark.parametrize(
     "args, message",
     [
@@ -145,7 +179,7 @@ def test_cached_composition_equals_hydras_own():
     from hydra import compose
     from omegaconf import OmegaConf
 
-    from benchmarks.cli import _hydra_context, compose_cached
+    from benchmarks.precheck import compose_cached, hydra_context
 
     cells = [
         ["estimator=reinforce_loo", "objective=gaussian_quadratic", "n_samples=3"],
@@ -155,7 +189,7 @@ def test_cached_composition_equals_hydras_own():
         ["estimator=reinforce", "task=train", "task.steps=7", "+objective.extra=1"],
     ]  # fmt: skip
     cache = {}
-    with _hydra_context():
+    with hydra_context():
         for cell in cells:
             cached = OmegaConf.to_yaml(compose_cached("config", cell, cache))
             assert cached == OmegaConf.to_yaml(compose("config", overrides=cell))

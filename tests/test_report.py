@@ -19,7 +19,8 @@ import pytest
 from matplotlib.figure import Figure
 
 from benchmarks import cli, report
-from benchmarks.records import collect_records, scan_runs, write_parquet_atomic
+from benchmarks.collect import collect_records, scan_runs
+from benchmarks.storage import write_parquet_atomic
 
 SUMMARY_COLUMNS = [
     "objective", "param", "n_samples", "rank", "estimator", "var_grad", "bias", "bias_se",

@@ -19,9 +19,10 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 from omegaconf import OmegaConf
 
 from benchmarks import run
-from benchmarks.cli import main, sweep_folder
+from benchmarks.cli import main
 from benchmarks.config import cell_dirname, launcher_threads
-from benchmarks.records import RECORDS, records_complete, write_parquet_atomic
+from benchmarks.precheck import sweep_folder
+from benchmarks.storage import RECORDS, records_complete, write_parquet_atomic
 
 GRADBENCH = Path(sys.executable).with_name("gradbench")
 FAST = ["task.warmup_steps=2", "task.timing_min_run_time=0.001"]
@@ -260,9 +261,9 @@ def test_submitit_local_gives_the_same_results(tmp_path, capsys):
 def test_cells_that_run_on_a_cluster_look_for_cuda_there_not_on_the_login_node():
     from hydra import compose
 
-    from benchmarks.cli import _hydra_context, check_cell, runs_elsewhere
+    from benchmarks.precheck import check_cell, hydra_context, runs_elsewhere
 
-    with _hydra_context():
+    with hydra_context():
         slurm = compose("config", ["hydra/launcher=slurm_example", "device=cuda"], True)
         local = compose("config", ["hydra/launcher=joblib", "device=cuda"], True)
     assert runs_elsewhere(slurm.hydra, multirun=True)
@@ -288,7 +289,7 @@ def test_a_setting_refused_on_the_node_that_runs_the_cell_is_a_failed_cell(
 
 
 def test_a_value_given_on_the_command_line_replaces_the_presets_axis(tmp_path, monkeypatch):
-    from benchmarks.cli import check_run
+    from benchmarks.precheck import check_run
 
     monkeypatch.chdir(tmp_path)
     one = ["sweep=toy_scale", "objective=gaussian_quadratic", "estimator=reinforce"]

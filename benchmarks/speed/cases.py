@@ -12,9 +12,8 @@ import functools
 from pathlib import Path
 
 import torch
-from hydra.utils import instantiate
-from omegaconf import OmegaConf
 
+from benchmarks.config import instantiate_file, load_file
 from benchmarks.measure import synchronize
 from benchmarks.objectives import TOYS
 from estimators import NotApplicable
@@ -29,13 +28,12 @@ MODEL_NAMES = [
 
 def make_estimator(name: str):
     """A fresh estimator (no carried state) from conf/estimator/NAME.yaml."""
-    return instantiate(OmegaConf.load(CONF / "estimator" / f"{name}.yaml"))
+    return instantiate_file(CONF / "estimator" / f"{name}.yaml")
 
 
 def make_toy(name: str, device: torch.device, dtype: torch.dtype = torch.float32):
     """The toy with its default parameters from conf/objective/NAME.yaml."""
-    cfg = OmegaConf.load(CONF / "objective" / f"{name}.yaml")
-    return instantiate(cfg, device=device, dtype=dtype)
+    return instantiate_file(CONF / "objective" / f"{name}.yaml", device=device, dtype=dtype)
 
 
 @functools.cache
@@ -44,9 +42,8 @@ def make_model(name: str, device: torch.device):
 
     Cached: building loads the data, and models carry no estimator state.
     """
-    cfg = OmegaConf.load(CONF / "objective" / f"{name}.yaml")
-    cfg.data = OmegaConf.load(CONF / "data" / "digits.yaml")
-    return instantiate(cfg, device=device)
+    data = load_file(CONF / "data" / "digits.yaml")
+    return instantiate_file(CONF / "objective" / f"{name}.yaml", device=device, data=data)
 
 
 def applicable(toy: str, estimator: str, n_samples: int) -> bool:

@@ -26,12 +26,13 @@ from collections.abc import Callable
 from pathlib import Path
 
 import torch
-from omegaconf import OmegaConf
 from torch import Tensor
 
+from benchmarks.config import load_file
+
 _OBJECTIVES = Path(__file__).resolve().parents[2] / "conf" / "objective"
-TARGET = float(OmegaConf.load(_OBJECTIVES / "gaussian_quadratic.yaml").target)
-OMEGA = float(OmegaConf.load(_OBJECTIVES / "gaussian_cosine.yaml").omega)
+TARGET = float(load_file(_OBJECTIVES / "gaussian_quadratic.yaml").target)
+OMEGA = float(load_file(_OBJECTIVES / "gaussian_cosine.yaml").omega)
 SQRT_2PI = math.sqrt(2 * math.pi)
 
 

@@ -51,24 +51,25 @@ from collections.abc import Callable
 from pathlib import Path
 
 import torch
-from omegaconf import OmegaConf
 from torch import Tensor
 from torch.distributions import Bernoulli, Independent, RelaxedBernoulli
+
+from benchmarks.config import load_file
 
 # --- the toy's and the estimators' default constants --------------------------------------
 
 TOY = "bernoulli_shared"
 _CONF = Path(__file__).resolve().parents[2] / "conf"
 TARGETS = tuple(
-    float(t) for t in OmegaConf.load(_CONF / "objective" / f"{TOY}.yaml").targets
+    float(t) for t in load_file(_CONF / "objective" / f"{TOY}.yaml").targets
 )  # t_k; K = len(TARGETS)
 K = len(TARGETS)
 TEMPERATURE = {
-    e: float(OmegaConf.load(_CONF / "estimator" / f"{e}.yaml").temperature)
+    e: float(load_file(_CONF / "estimator" / f"{e}.yaml").temperature)
     for e in ("gumbel_softmax", "straight_through")
 }
-_EMA = OmegaConf.load(_CONF / "estimator" / "reinforce_ema.yaml").baseline
-_LEARNED = OmegaConf.load(_CONF / "estimator" / "reinforce_learned.yaml").baseline
+_EMA = load_file(_CONF / "estimator" / "reinforce_ema.yaml").baseline
+_LEARNED = load_file(_CONF / "estimator" / "reinforce_learned.yaml").baseline
 DECAY = float(_EMA.decay)
 HIDDEN, LR, STEPS = int(_LEARNED.hidden), float(_LEARNED.lr), int(_LEARNED.steps)
 

@@ -1,102 +1,29 @@
-"""Writing and reading records on disk: atomic parquet files, and the sweep summary."""
+"""Reading the runs below a folder into tidy frames, with each run's configuration.
+
+``scan_runs`` is what the report and the CLI's sweep summary read; it never raises for a
+bad run but lists it as a ``Problem``.
+"""
 
 from __future__ import annotations
 
-import functools
-import math
 import os
+import re
 import sys
-import tempfile
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import pandas as pd
+import yaml
 
-RECORDS = "records.parquet"
+from benchmarks.storage import RECORDS, TRAIN
 
-
-def write_parquet_atomic(frame: pd.DataFrame, path: str | Path) -> Path:
-    """Write ``frame`` to ``path`` so that a reader sees the whole file or none.
-
-    The frame goes to a temporary file in the same folder, is flushed to disk, and is
-    renamed over ``path`` (an atomic step on POSIX file systems); then the folder itself
-    is synced, so that the rename survives a crash of the machine, not only of the job.
-    A job killed before the rename leaves at most a ``.records.parquet.*.tmp`` file, which
-    readers ignore and the next run of the cell removes (``remove_stale_temporaries``).
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        # mkstemp makes the file private (0600); give it the permissions of a plain open().
-        os.fchmod(fd, 0o666 & ~_umask())
-        with os.fdopen(fd, "wb") as handle:
-            frame.to_parquet(handle, index=False)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    _fsync_dir(path.parent)
-    return path
-
-
-@functools.cache
-def _umask() -> int:
-    # Read once: os.umask can only be read by setting it, which is not thread-safe.
-    mask = os.umask(0o022)
-    os.umask(mask)
-    return mask
-
-
-def _fsync_dir(folder: Path) -> None:
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:  # platforms that cannot open a folder (Windows): nothing to sync
-        return
-    try:
-        os.fsync(fd)
-    except OSError:  # some file systems refuse fsync on a folder; the rename still stands
-        pass
-    finally:
-        os.close(fd)
-
-
-def remove_stale_temporaries(
-    folder: str | Path, name: str = RECORDS, min_age_s: float = 60
-) -> None:
-    """Delete temporary files that killed writers left in ``folder``.
-
-    Only files untouched for ``min_age_s`` seconds: a younger one may belong to a writer
-    that is still alive (the same sweep started twice, an orphaned worker), and readers
-    ignore temporary files anyway.
-    """
-    now = time.time()
-    for tmp in Path(folder).glob(f".{name}.*.tmp"):
-        try:
-            if now - tmp.stat().st_mtime > min_age_s:
-                tmp.unlink()
-        except FileNotFoundError:  # its writer finished or cleaned up meanwhile
-            pass
-
-
-def records_complete(path: str | Path, config_hash: str) -> bool:
-    """Whether a cell's records at ``path`` can be kept when its sweep is run again.
-
-    True when the file reads, has rows, was written for the same configuration
-    (``config_hash`` column) and no row says ``failed`` (failed cells are retried).
-    """
-    try:
-        frame = pd.read_parquet(path, columns=["status", "config_hash"])
-    except Exception:  # missing, truncated, foreign or older files: run the cell again
-        return False
-    return (
-        not frame.empty
-        and bool((frame["config_hash"] == config_hash).all())
-        and not frame["status"].astype(str).str.startswith("failed").any()
-    )
+# Columns without which a file is not a usable records / training file.
+RECORD_KEYS = ("objective", "estimator", "param", "n_samples", "var_grad", "status")
+TRAIN_KEYS = ("estimator", "step")
+# A file in every report folder: collecting never descends into one.
+REPORT_MARKER = ".gradbench-report"
+# A value that is a reference to another node of the config (``data: ${data}``).
+NODE_REFERENCE = re.compile(r"\$\{([A-Za-z_][\w.]*)\}")
 
 
 def collect_records(folder: str | Path, name: str = RECORDS) -> pd.DataFrame:
@@ -183,38 +110,46 @@ def scan_runs(folder: str | Path) -> Runs:
     return Runs(_concat(records), _concat(train), problems)
 
 
-# Columns without which a file is not a usable records / training file.
-RECORD_KEYS = ("objective", "estimator", "param", "n_samples", "var_grad", "status")
-TRAIN_KEYS = ("estimator", "step")
-TRAIN = "train.parquet"
-# A file in every report folder: collecting never descends into one.
-REPORT_MARKER = ".gradbench-report"
-
-
 def read_run_config(run: Path) -> dict[str, object]:
     """A run's ``.hydra`` config as flat ``{"objective.sigma": 0.5, ...}`` plus ``overrides``.
 
     Top-level keys and ``_target_`` entries are left out: the records already hold the
     former, and the estimator and objective names say more than the latter.
-    """
-    from omegaconf import OmegaConf
 
+    Hydra writes these files with PyYAML's dumper, which quotes every string that would
+    read back as another type, so PyYAML's safe loader reads them back as they were
+    composed. References to other nodes (``data: ${data}``) are resolved; other
+    interpolations (resolvers such as ``${now:...}``) are kept as text.
+    """
     flat: dict[str, object] = {}
     overrides_file = run / ".hydra" / "overrides.yaml"
     if overrides_file.is_file():
-        overrides = OmegaConf.to_container(OmegaConf.load(overrides_file))
+        overrides = yaml.safe_load(overrides_file.read_text())
         flat["overrides"] = " ".join(str(o) for o in overrides or [])
     config_file = run / ".hydra" / "config.yaml"
     if config_file.is_file():
-        config = OmegaConf.load(config_file)
-        try:
-            tree = OmegaConf.to_container(config, resolve=True)
-        except Exception:  # interpolations that need Hydra's resolvers (${now:...})
-            tree = OmegaConf.to_container(config, resolve=False)
-        for group, node in tree.items():
+        tree = yaml.safe_load(config_file.read_text()) or {}
+        for group, node in _resolve(tree, tree).items():
             if isinstance(node, dict):
                 flat.update(_flatten(node, group))
     return flat
+
+
+def _resolve(node, root: dict, depth: int = 0):
+    """``node`` with every ``${dotted.key}`` value replaced by that node of ``root``."""
+    if isinstance(node, dict):
+        return {key: _resolve(value, root, depth) for key, value in node.items()}
+    if isinstance(node, list):
+        return [_resolve(value, root, depth) for value in node]
+    match = NODE_REFERENCE.fullmatch(node) if isinstance(node, str) else None
+    if match is None or depth > 32:  # not a reference, or a cycle of them
+        return node
+    target = root
+    for key in match.group(1).split("."):
+        if not isinstance(target, dict) or key not in target:
+            return node
+        target = target[key]
+    return _resolve(target, root, depth + 1)
 
 
 def _flatten(node: dict, prefix: str) -> dict[str, object]:
@@ -286,72 +221,3 @@ def _one_type(column: pd.Series) -> pd.Series:
     if values.map(pd.api.types.is_number).all():
         return pd.to_numeric(column).astype(float)
     return column.map(lambda v: v if pd.isna(v) else str(v)).astype("str")
-
-
-def format_table(records: pd.DataFrame) -> str:
-    """The short table a run prints: estimator, param, truth, mean ± se, variance, time."""
-    table = pd.DataFrame({
-        "objective": records["objective"],
-        "estimator": records["estimator"],
-        "n": records["n_samples"],
-        "param": records["param"],
-        "true": records["true_grad"].map("{:.4g}".format),
-        "mean ± se": [
-            f"{m:.4g} ± {se:.2g}"
-            for m, se in zip(records["mean_grad"], records["bias_se"], strict=True)
-        ],
-        "variance": records["var_grad"].map("{:.4g}".format),
-        "time/estimate": records["time_per_estimate_s"].map(_format_seconds),
-        "status": records["status"],
-    })  # fmt: skip
-    return table.to_string(index=False)
-
-
-def _label(value) -> str:
-    if value is None or (isinstance(value, float) and math.isnan(value)):
-        return "-"
-    return f"{value:g}" if isinstance(value, float) else str(value)
-
-
-def _format_seconds(seconds: float) -> str:
-    if math.isnan(seconds):
-        return "-"
-    if seconds < 1e-3:
-        return f"{seconds * 1e6:.0f} µs"
-    if seconds < 1:
-        return f"{seconds * 1e3:.1f} ms"
-    return f"{seconds:.2f} s"
-
-
-def swept_columns(records: pd.DataFrame) -> list[str]:
-    """Config columns (dotted names) whose value changes between runs of one estimator.
-
-    These are the settings a sweep varied, such as ``objective.sigma``; a setting that
-    only differs between estimators (``estimator.baseline.decay``) is not one.
-    """
-    dotted = [c for c in records.columns if "." in c]
-    if records.empty or not dotted:
-        return []
-    groups = records.groupby(["objective", "estimator"], sort=False)
-    return [c for c in dotted if groups[c].nunique(dropna=True).max() > 1]
-
-
-def summary_table(records: pd.DataFrame) -> str:
-    """Variance per (objective, param, n_samples, swept settings) × estimator."""
-    ok = records[records["status"] == "ok"].copy()
-    if ok.empty:
-        return "(no completed cells)"
-    swept = swept_columns(ok)
-    for column in swept:  # printable labels in numeric order; "-" where a setting does not apply
-        values = ok[column]
-        order = sorted(values.dropna().unique(), key=lambda v: (isinstance(v, str), v))
-        labels = list(dict.fromkeys([_label(v) for v in order] + ["-"]))
-        ok[column] = pd.Categorical([_label(v) for v in values], categories=labels, ordered=True)
-    pivot = ok.pivot_table(
-        index=["objective", *swept, "param", "n_samples"],
-        columns="estimator",
-        values="var_grad",
-        aggfunc="mean",
-        observed=True,
-    )
-    return pivot.to_string(float_format="{:.4g}".format, na_rep="-")

@@ -1,0 +1,420 @@
+"""The pre-check: every cell of a run or sweep composed and built before Hydra runs any.
+
+Bad input (an unknown estimator, ``n_samples=0``, ``objective.sigma=-1``, an unwritable
+results folder) becomes a ``UsageError`` with a one-line message, instead of a traceback
+from the middle of a sweep. Each cell is built with ``benchmarks.config.build_cell``, the
+call the job makes, so a cell that passes the check is a cell the job accepts.
+
+``check_run`` also plans the run: a sweep goes to a folder named after the command
+(``results/sweeps/<preset>`` or ``results/sweeps/<preset or "sweep">-<hash of the
+overrides>``), one sub-folder per cell named by the cell's swept values, so running the
+same command again finds the cells already done and runs only the others
+(``benchmarks.run``).
+
+The option table of ``gradbench list`` composes configs too, and lives here as well.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import itertools
+import math
+import os
+import re
+import shutil
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pandas as pd
+import torch
+from hydra import compose
+from hydra.core.global_hydra import GlobalHydra
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.core.override_parser.types import OverrideType
+from hydra.errors import HydraException, OverrideParseException
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+from benchmarks.config import (
+    RESULT_NEUTRAL_KEYS,
+    build,
+    build_cell,
+    hydra_context,
+)
+from benchmarks.errors import ConfigError, UsageError
+
+GROUPS = ("estimator", "objective", "task", "data", "sweep", "hydra/launcher")
+# Flags of Hydra's own command line that take a value.
+VALUE_FLAGS = {"--config-name", "-cn", "--config-dir", "-cd", "--config-path", "-cp",
+               "--info", "-i", "--experimental-rerun"}  # fmt: skip
+# How type errors name the type the schema wanted.
+TYPE_NAMES = {"integer": "an integer", "float": "a number", "bool": "true or false"}
+# Sweeps up to this many cells are checked cell by cell; larger ones value by value.
+MAX_CELLS_CHECKED = 2000
+# The ray launcher is the `ray` extra; constraints.txt keeps its pins in one resolvable set.
+RAY_INSTALL = "pip install -c constraints.txt -e '.[ray]'"
+# Errors of composing or building a config that the pre-check turns into one line.
+CONFIG_ERRORS = (HydraException, OmegaConfBaseException, ConfigError)
+
+
+def one_line(exc: BaseException) -> str:
+    """The first line of an exception and of each exception it was raised from."""
+    parts = []
+    if isinstance(exc, OverrideParseException) and exc.override:
+        parts.append(f"cannot parse {exc.override!r}")
+    while exc is not None:
+        line = (str(exc).strip() or type(exc).__name__).splitlines()[0].strip()
+        unknown = re.match(r"Could not override '(.+)'\.", line)
+        if unknown:
+            line = f"unknown setting {unknown.group(1)!r} (to add a new key, prefix it with +)"
+        if line not in parts:
+            parts.append(line)
+        exc = exc.__cause__
+    message = ": ".join(parts)
+    wrong_type = re.match(
+        r"Error merging override ([^=]+)=.*: Value '(.*)' (?:of type '\w+' could not be "
+        r"converted to|is not a valid) (\w+)",
+        message,
+    )
+    if wrong_type:  # OmegaConf's wording, from the schema in benchmarks/config.py
+        key, value, kind = wrong_type.groups()
+        message = f"{key} must be {TYPE_NAMES.get(kind.lower(), kind.lower())}, got {value!r}"
+    return message
+
+
+def split_args(args: Sequence[str]) -> tuple[list[str], dict[str, str], bool]:
+    """Split ``gradbench run`` arguments into (overrides, Hydra flags with values, multirun).
+
+    A flag's value may follow it (``--config-dir DIR``) or be joined to it with ``=``
+    (``--config-dir=DIR``), as Hydra's own argument parser accepts.
+    """
+    overrides, flags, multirun = [], {}, False
+    it = iter(args)
+    for arg in it:
+        name, joined, value = arg.partition("=")
+        if arg in ("-m", "--multirun"):
+            multirun = True
+        elif arg in VALUE_FLAGS:
+            flags[arg] = next(it, "")
+        elif joined and name in VALUE_FLAGS:
+            flags[name] = value
+        elif arg.startswith("-"):
+            flags[arg] = ""
+        else:
+            overrides.append(arg)
+    return overrides, flags, multirun
+
+
+def normalise_overrides(overrides: list[str]) -> list[str]:
+    """``+sweep=NAME`` is accepted as a synonym of ``sweep=NAME`` (sweep defaults to null)."""
+    return [o[1:] if o.startswith("+sweep=") else o for o in overrides]
+
+
+def config_dir_override(config_dir: str | None) -> list[str]:
+    """The override that adds a user's config folder to Hydra's search path, as Hydra does.
+
+    Raises:
+        UsageError: if ``config_dir`` is not a folder.
+    """
+    if config_dir is None:
+        return []
+    if not Path(config_dir).is_dir():
+        raise UsageError(f"--config-dir: no such folder: {config_dir}")
+    return [f"hydra.searchpath=[file://{Path(config_dir).resolve()}]"]
+
+
+def group_options(group: str, search_path: Sequence[str] = ()) -> list[str]:
+    """Options of a config group, including those of ``hydra.searchpath`` overrides."""
+    loader = GlobalHydra.instance().config_loader()
+    return sorted(
+        loader.get_group_options(group, config_name="config", overrides=list(search_path))
+    )
+
+
+def _check_group_choices(parsed, search_path: Sequence[str] = ()) -> None:
+    for override in parsed:
+        key = override.key_or_group
+        if key not in GROUPS or override.is_delete():
+            continue
+        values = (
+            list(override.sweep_string_iterator())
+            if override.is_sweep_override()
+            else [override.get_value_element_as_str()]
+        )
+        options = group_options(key, search_path)
+        for value in values:
+            if value in ("null", "None") and key == "sweep":
+                continue
+            if value not in options:
+                hint = ""
+                if key == "hydra/launcher" and value == "ray":
+                    hint = f" (the ray launcher is an extra: {RAY_INSTALL})"
+                raise UsageError(
+                    f"unknown {key} {value!r}; choose from: {', '.join(options)}{hint}"
+                )
+
+
+def sweep_axes(overrides: list[str], config_name: str) -> tuple[list[str], dict[str, list[str]]]:
+    """The overrides fixed for every cell, and the values of each swept key.
+
+    Sweeps come from the command line (``a=1,2``) and from a preset's
+    ``hydra.sweeper.params``; as in Hydra's basic sweeper, the command line wins.
+    """
+    parser = OverridesParser.create()
+    parsed = parser.parse_overrides(overrides)
+    search_path = [o.input_line for o in parsed if o.get_key_element() == "hydra.searchpath"]
+    _check_group_choices(parsed, search_path)
+    fixed = [o.input_line for o in parsed if not o.is_sweep_override()]
+    base = compose(config_name, overrides=fixed, return_hydra_config=True)
+    preset = OmegaConf.select(base, "hydra.sweeper.params") or {}
+    # A value fixed on the command line replaces the preset's axis for that key.
+    fixed_keys = {o.get_key_element() for o in parsed if not o.is_sweep_override()}
+    sweep_lines = [f"{k}={v}" for k, v in preset.items() if k not in fixed_keys]
+    sweep_lines += [o.input_line for o in parsed if o.is_sweep_override()]
+    axes: dict[str, list[str]] = {}
+    for override in parser.parse_overrides(sweep_lines):
+        _check_group_choices([override], search_path)
+        key = override.get_key_element()
+        if override.is_sweep_override():
+            axes[key] = [f"{key}={v}" for v in override.sweep_string_iterator()]
+        else:
+            axes[key] = [override.input_line]
+    return fixed, axes
+
+
+def cells_to_check(fixed: list[str], axes: dict[str, list[str]]) -> Iterator[list[str]]:
+    """Every cell, or for a sweep of more than ``MAX_CELLS_CHECKED`` cells every value."""
+    if math.prod(len(values) for values in axes.values()) <= MAX_CELLS_CHECKED:
+        for cell in itertools.product(*axes.values()):
+            yield fixed + list(cell)
+        return
+    # Too many cells to compose one by one: vary one axis at a time around the first
+    # value of every other axis, so that every value given is still checked.
+    first = [values[0] for values in axes.values()]
+    for i, values in enumerate(axes.values()):
+        for value in values:
+            yield fixed + first[:i] + [value] + first[i + 1 :]
+
+
+def _is_plain_value(override) -> bool:
+    """A change of one value (``n_samples=10``, ``objective.sigma=2``), not of what is composed."""
+    key = override.get_key_element()
+    return (
+        override.type == OverrideType.CHANGE
+        and override.package is None
+        and not override.is_sweep_override()
+        and key not in GROUPS
+        and "/" not in key
+        and not key.startswith("hydra")
+    )
+
+
+def compose_cached(config_name: str, cell: list[str], cache: dict) -> DictConfig:
+    """``compose(config_name, overrides=cell)``, sharing work between similar cells.
+
+    Composing costs Hydra a tenth of a second or more; cells that differ only in plain
+    values share one composition, and the values are set on a copy, as Hydra sets them.
+    Group choices, additions, deletions and Hydra's own keys change what is composed, so
+    they key the cache. On any error the cell is composed in full, for Hydra's own message.
+    """
+    parsed = OverridesParser.create().parse_overrides(cell)
+    structural = tuple(o.input_line for o in parsed if not _is_plain_value(o))
+    if structural not in cache:
+        cache[structural] = compose(config_name, overrides=list(structural))
+    cfg = copy.deepcopy(cache[structural])
+    try:
+        for override in parsed:
+            if _is_plain_value(override):
+                OmegaConf.update(cfg, override.get_key_element(), override.value(), merge=True)
+    except OmegaConfBaseException:
+        return compose(config_name, overrides=cell)
+    return cfg
+
+
+@dataclass
+class Plan:
+    """What a checked ``gradbench run`` will do, and the overrides the CLI adds for it."""
+
+    multirun: bool
+    output_dir: Path  # the run folder, or the sweep folder of a multirun
+    cells: int
+    added: list[str] = field(default_factory=list)
+
+
+def check_run(overrides: list[str], flags: dict[str, str], multirun: bool = False) -> Plan:
+    """Compose and build every cell; raise ``UsageError`` on the first bad one.
+
+    Also checks what Hydra would otherwise report with a traceback: a sweep without
+    ``-m``, a results folder that cannot be written, Slurm's launcher without Slurm.
+    """
+    config_name = flags.get("--config-name") or flags.get("-cn") or "config"
+    config_dir = flags.get("--config-dir") or flags.get("-cd")
+    overrides = [*overrides, *config_dir_override(config_dir)]
+    with hydra_context():
+        try:
+            fixed, axes = sweep_axes(overrides, config_name)
+            cache: dict = {}
+            for i, cell in enumerate(cells_to_check(fixed, axes)):
+                if i == 0:
+                    first = compose(config_name, overrides=cell, return_hydra_config=True)
+                    remote = runs_elsewhere(first.hydra, multirun)
+                check_cell(compose_cached(config_name, cell, cache), remote)
+            cells = math.prod(len(values) for values in axes.values())
+            plan = _plan(first, overrides, config_name, config_dir, multirun, cells)
+        except CONFIG_ERRORS as exc:
+            raise UsageError(one_line(exc)) from exc
+    check_writable(plan.output_dir)
+    return plan
+
+
+def _plan(first, overrides, config_name, config_dir, multirun, cells) -> Plan:
+    """Run or sweep, where its results go, and the settings the CLI adds to the command."""
+    hydra_cfg = first.hydra
+    parsed = OverridesParser.create().parse_overrides(overrides)
+    multirun = multirun or str(hydra_cfg.mode) == "RunMode.MULTIRUN"
+    swept = [o for o in parsed if o.is_sweep_override()]
+    if swept and not multirun:
+        raise UsageError(
+            f"{swept[0].input_line!r} is a sweep: add -m (gradbench run -m ...) to run every value"
+        )
+    if not multirun:
+        return Plan(False, Path(str(hydra_cfg.run.dir)), 1)
+    added = []
+    dir_setting = OmegaConf.to_container(hydra_cfg.sweep, resolve=False)["dir"]
+    if "${now:" in str(dir_setting):  # the default: name the folder after the command
+        sweep_dir = sweep_folder(parsed, config_name, config_dir)
+        added.append(f"hydra.sweep.dir={sweep_dir}")
+    else:
+        sweep_dir = Path(str(hydra_cfg.sweep.dir))
+    # A cell's folder is named by what varies between cells; what is fixed for the whole
+    # sweep is already in the sweep folder's name (or chosen with it).
+    fixed = sorted({o.key_or_group for o in parsed if not o.is_sweep_override()})
+    fixed = [k for k in fixed if not k.startswith("hydra")]
+    exclude = ",".join(repr(k) for k in dict.fromkeys(["sweep", *RESULT_NEUTRAL_KEYS, *fixed]))
+    added.append(f"hydra.job.config.override_dirname.exclude_keys=[{exclude}]")
+    if str(hydra_cfg.launcher._target_).endswith(".SlurmLauncher") and not shutil.which("sbatch"):
+        raise UsageError(
+            "hydra/launcher=submitit_slurm needs Slurm, and sbatch is not on this machine's "
+            "PATH; run from a Slurm login node, or try the same path here with "
+            "hydra/launcher=submitit_local"
+        )
+    return Plan(True, sweep_dir, cells, added)
+
+
+def sweep_folder(parsed, config_name: str, config_dir: str | None) -> Path:
+    """``results/sweeps/<label>[-<hash>]``: the same sweep command, the same folder.
+
+    The label is the preset (``sweep=NAME``) or else ``sweep``; the hash covers every
+    override that can change results, so the launcher, ``threads`` and ``resume`` can
+    differ between an interrupted run and its resumption.
+    """
+    label = "sweep" if config_name == "config" else config_name
+    lines = []
+    for override in parsed:
+        key = override.key_or_group
+        value = override.get_value_element_as_str() if not override.is_sweep_override() else ""
+        if key == "sweep" and value not in ("", "null", "None"):
+            label = value
+        elif not (key.startswith("hydra") or key in RESULT_NEUTRAL_KEYS):
+            lines.append(override.input_line)
+    if config_dir:
+        lines.append(f"--config-dir={Path(config_dir).resolve()}")
+    if not lines:
+        return Path("results", "sweeps", label)
+    digest = hashlib.sha1("\n".join(sorted(lines)).encode()).hexdigest()[:8]
+    return Path("results", "sweeps", f"{label}-{digest}")
+
+
+def check_writable(folder: Path) -> None:
+    """Raise ``UsageError`` unless ``folder`` exists or could be made, and can be written."""
+    existing = folder
+    while not existing.exists() and existing.parent != existing:
+        existing = existing.parent
+    if not existing.is_dir():
+        raise UsageError(f"cannot write results to {folder}: {existing} is not a folder")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise UsageError(f"cannot write results to {folder}: {existing} is not writable")
+
+
+def runs_elsewhere(hydra_cfg: DictConfig, multirun: bool) -> bool:
+    """Whether a sweep's cells run on other machines (Slurm, Ray) than the command."""
+    target = str(hydra_cfg.launcher._target_)
+    multirun = multirun or str(hydra_cfg.mode) == "RunMode.MULTIRUN"
+    return multirun and (target.endswith(".SlurmLauncher") or "ray_launcher" in target)
+
+
+def check_cell(cfg: DictConfig, remote: bool = False) -> None:
+    """Everything the job will build, built once here (cheap for toys).
+
+    The device is the job's to choose: cells that run elsewhere (``remote``) look for CUDA
+    where they run, not on this login node, and a node without CUDA records the cell as
+    failed; ``device=auto`` never fails, and the job prints which device it took. Both
+    are built on the CPU here. ``device=cuda`` run here is resolved as the job resolves it,
+    so that a machine without CUDA refuses it before anything runs.
+    """
+    on_cpu = remote or cfg.device == "auto"
+    build_cell(cfg, torch.device("cpu") if on_cpu else None)
+
+
+def compatibility(config_dir: str | None = None) -> pd.DataFrame:
+    """Which estimator applies to which objective, at the default config (n_samples=10).
+
+    ``config_dir`` adds a user's config folder, as ``--config-dir`` does for a run.
+    """
+    from estimators import NotApplicable
+
+    search_path = config_dir_override(config_dir)
+    with hydra_context():
+        try:
+            # Each option is composed and built once; building a model loads its data.
+            built = {}
+            for group in ("estimator", "objective"):
+                for option in group_options(group, search_path):
+                    cfg = compose("config", overrides=[f"{group}={option}", *search_path])
+                    estimator, objective = build(cfg)
+                    built[group, option] = estimator if group == "estimator" else objective
+        except CONFIG_ERRORS as exc:
+            raise UsageError(one_line(exc)) from exc
+    n_samples = cfg.n_samples
+    rows = []
+    for (group, name), objective in built.items():
+        if group != "objective":
+            continue
+        row = {"objective": name}
+        for (other, estimator_name), estimator in built.items():
+            if other != "estimator":
+                continue
+            try:
+                estimator.check(objective, objective.theta, n_samples)
+                row[estimator_name] = "yes"
+            except NotApplicable:
+                row[estimator_name] = "-"
+        rows.append(row)
+    return pd.DataFrame(rows).set_index("objective")
+
+
+def build_estimator_option(overrides: Sequence[str], config_dir: str | None = None):
+    """``(name, estimator)`` from ``estimator=NAME [estimator.key=value ...]`` overrides, for
+    commands that take one estimator (``gradbench verify``).
+
+    Raises:
+        UsageError: no ``estimator=``, an unknown option, or settings it refuses (one line).
+    """
+    search_path = config_dir_override(config_dir)
+    names = [o.split("=", 1)[1] for o in overrides if o.startswith("estimator=")]
+    if len(names) != 1:
+        raise UsageError("give exactly one estimator=NAME (and estimator.key=value settings)")
+    others = [o for o in overrides if not o.startswith("estimator")]
+    if others:
+        raise UsageError(f"only estimator settings apply here, got: {' '.join(others)}")
+    with hydra_context():
+        try:
+            parsed = OverridesParser.create().parse_overrides([*overrides])
+            _check_group_choices(parsed, search_path)
+            cfg = compose("config", overrides=[*overrides, *search_path])
+            estimator, _ = build(cfg, torch.device("cpu"))
+        except CONFIG_ERRORS as exc:
+            raise UsageError(one_line(exc)) from exc
+    return names[0], estimator
