@@ -9,7 +9,7 @@ same test must reject, which shows the test has the power to see the error it gu
 import pytest
 import torch
 
-from benchmarks.measure import measure_variance
+from benchmarks.measure import measure_variance, variance_standard_error
 from benchmarks.objectives import (
     BernoulliThreshold,
     CategoricalLinear,
@@ -27,11 +27,11 @@ from estimators import (
     estimate_gradient,
     replicate_gradients,
 )
-from tests.stats import Scaled, mean_z, variance_z, z_threshold
+from tests.stats import Scaled, mean_z, power_margin, rate, variance_z, z_threshold
 
 F64 = {"dtype": torch.float64}
 N_SAMPLES, REPLICATES = 10, 100_000
-UNBIASED_FAMILY_RATE = 1e-3
+UNBIASED_FAMILY_RATE = rate("toys: unbiasedness of every estimator")
 
 
 def objectives():
@@ -85,7 +85,7 @@ def test_every_toy_estimator_pair_is_covered():
 
 @pytest.mark.parametrize("estimator, objective", PAIRS)
 def test_estimator_is_unbiased(estimator, objective):
-    # Family-wise false-fail rate 1e-3 over all coordinates of all pairs.
+    # Family-wise false-fail rate (tests/stats.py) over all coordinates of all pairs.
     z, _ = replicate_z(estimator, objective)
     assert z.abs().max().item() < Z_UNBIASED, f"z = {z.tolist()}"
 
@@ -103,11 +103,12 @@ class MeanIncludingSelf(Baseline):
     "wrong", [Scaled(Reinforce()), Reinforce(MeanIncludingSelf())], ids=["scaled", "self_mean"]
 )
 def test_unbiasedness_test_rejects_a_biased_estimator(wrong, objective):
-    # Power check: the design must be able to see a 10% bias on every coordinate
-    # (expected |z| above the threshold by 2, i.e. power > 97%).
+    # Power check: the design sees a 10% bias on every coordinate, missing it at most at
+    # the family's rate shared over its 2 x 4 controls.
     z, grads = replicate_z(wrong, objective)
     se = (grads.var(0) / REPLICATES).sqrt()
-    assert (0.1 * objective.true_grad().abs() / se).min().item() > Z_UNBIASED + 2
+    margin = power_margin(rate("miss: toys: scaled and self-mean estimators rejected") / 8)
+    assert (0.1 * objective.true_grad().abs() / se).min().item() > Z_UNBIASED + margin
     assert z.abs().max().item() > Z_UNBIASED, f"bias went unseen: z = {z.tolist()}"
 
 
@@ -143,8 +144,8 @@ VARIANCE_CASES = [
     ("reparam", Reparameterization, reparam_variance),
     ("exact_optimal", lambda: Reinforce(ExactOptimal()), optimal_baseline_variance),
 ]
-# Family: 3 estimators x 3 points x 2 coordinates x 2 sample sizes, plus the controls.
-Z_VARIANCE = z_threshold(1e-3, 3 * 3 * 2 * 2 + 2)
+# Family: 3 estimators x 3 points x 2 coordinates x 2 sample sizes.
+Z_VARIANCE = z_threshold(rate("toys: variance matches the closed forms"), 3 * 3 * 2 * 2)
 
 
 @pytest.mark.parametrize("n_samples", [1, 4])
@@ -166,10 +167,17 @@ def test_variance_test_rejects_a_wrong_formula():
     # estimator, and (b) REINFORCE measured against its formula at a different sigma.
     objective = GaussianQuadratic(mu=1.0, sigma=1.0, target=0.0, **F64)
     torch.manual_seed(2)
+    # Power: each true variance lies far enough from the wrong one, in standard errors,
+    # that the test misses it at most at the family's rate shared over the two controls.
+    margin = power_margin(rate("miss: toys: variance test rejects the wrong closed form") / 2)
     grads = replicate_gradients(Reinforce(ExactOptimal()), objective, objective.theta, 1, 200_000)
+    se = variance_standard_error(grads[:, :1]).item()
+    assert abs(optimal_baseline_variance(1.0, 1.0)[0] - 18.0) / se > Z_VARIANCE + margin
     z = variance_z(grads[:, :1], torch.tensor([8.0 + 10.0], **F64))
     assert z.abs().item() > Z_VARIANCE
     grads = replicate_gradients(Reinforce(), objective, objective.theta, 1, 200_000)
+    gap = torch.tensor(reinforce_variance(1.0, 1.0)) - torch.tensor(reinforce_variance(1.0, 1.1))
+    assert (gap.abs() / variance_standard_error(grads)).max().item() > Z_VARIANCE + margin
     z = variance_z(grads, torch.tensor(reinforce_variance(1.0, 1.1), **F64))
     assert z.abs().max().item() > Z_VARIANCE
 
