@@ -20,6 +20,7 @@ import seaborn as sns
 from matplotlib.figure import Figure
 
 from benchmarks.report.frames import (
+    TRAIN_VALUE_LABELS,
     completed,
     constant_notes,
     first_appearance,
@@ -28,7 +29,6 @@ from benchmarks.report.frames import (
     is_group,
     is_numeric,
     log_safe,
-    TRAIN_VALUE_LABELS,
     objective_parameters,
     ordered_estimators,
     ordered_objectives,
@@ -49,6 +49,7 @@ from benchmarks.report.panels import (
 from benchmarks.report.style import estimator_styles, styled
 
 Styles = dict[str, tuple]
+
 
 def _styles(frame: pd.DataFrame, styles: Styles | None) -> Styles:
     return styles if styles is not None else estimator_styles(ordered_estimators(frame))
@@ -322,4 +323,3 @@ def fig_train_objective_vs_time(
         ax.set(title=str(objective or ""), ylabel=TRAIN_VALUE_LABELS[column])
         ax.set(xlabel="training wall-clock time (s)")
     return finish(fig, axes, "Training progress against wall-clock time", order=list(styles))
-

@@ -186,9 +186,7 @@ def not_measured(records: pd.DataFrame) -> pd.DataFrame:
 def objective_parameters(records: pd.DataFrame) -> list[str]:
     """Swept numeric objective settings (``objective.sigma``...), most values first."""
     data = completed(records)
-    columns = [
-        c for c in swept_columns(data) if c.startswith("objective.") and is_numeric(data, c)
-    ]
+    columns = [c for c in swept_columns(data) if c.startswith("objective.") and is_numeric(data, c)]
     return sorted(columns, key=lambda c: -data[c].nunique())
 
 
