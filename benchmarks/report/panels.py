@@ -7,6 +7,7 @@ from collections.abc import Sequence
 
 import pandas as pd
 from matplotlib.figure import Figure
+from matplotlib.ticker import NullLocator
 
 from benchmarks.report.frames import ordered_objectives
 from benchmarks.report.style import PANEL
@@ -62,6 +63,7 @@ def finish(
     """
     handles, labels = {}, []
     for ax in axes:
+        _drop_unlabelled_minor_ticks(ax)
         for handle, text in zip(*ax.get_legend_handles_labels(), strict=True):
             if text not in handles:
                 handles[text] = handle
@@ -97,3 +99,18 @@ def categorical(ax, names, values, styles) -> None:
         ax.plot([i], [values[name]], marker=marker, color=color, ls="", ms=6, label=name)
     ax.set_xticks(range(len(names)), names, rotation=30, ha="right")
     ax.set_xlim(-0.6, len(names) - 0.4)
+
+
+def _drop_unlabelled_minor_ticks(ax) -> None:
+    """Remove an axis's minor ticks when its formatter labels none of them.
+
+    ``STYLE`` (seaborn's whitegrid) draws neither tick marks nor minor grid lines, so such
+    ticks change no pixel, but laying out and drawing them (a log axis has eight a decade)
+    is most of the time a report takes. Short log axes keep theirs: those carry labels
+    such as 2×10⁻³.
+    """
+    ax.get_xlim(), ax.get_ylim()  # settle autoscaling: the labels depend on the limits
+    for axis in (ax.xaxis, ax.yaxis):
+        locs = axis.get_minor_locator()()
+        if len(locs) and not any(axis.get_minor_formatter().format_ticks(locs)):
+            axis.set_minor_locator(NullLocator())
