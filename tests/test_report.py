@@ -109,8 +109,8 @@ def html_links(path: Path) -> list[str]:
 def sweep(tmp_path_factory) -> Path:
     """2 estimators × 2 n_samples on gaussian_quadratic (reinforce_loo skips n=1).
 
-    Kept to 4 cells: composing Hydra configs costs about a second a cell on a busy
-    2-core machine. Sweeps over objective settings are covered by hand-made runs below.
+    Kept to 4 cells: every cell composes a Hydra config, the slow part of a sweep. Sweeps
+    over objective settings are covered by hand-made runs below.
     """
     folder = tmp_path_factory.mktemp("sweep")
     code = cli.main([

@@ -68,7 +68,8 @@ def fig_variance_vs_n_samples(
     styles = _styles(records, styles)
     data, notes = hold_fixed(data, free=["n_samples"])
     pooled = pool(data, ["objective", "param", "estimator", "n_samples"])
-    fig, axes = grid(len(groups := panels(pooled, ["objective", "param"])))
+    groups = panels(pooled, ["objective", "param"])
+    fig, axes = grid(len(groups))
     for ax, ((objective, param), panel) in zip(axes, groups, strict=True):
         for name in present(styles, panel):
             rows = panel[panel["estimator"] == name].sort_values("n_samples")
@@ -104,7 +105,8 @@ def fig_variance_vs_parameter(
     lines = pooled.groupby(["objective", "param", "estimator"])[parameter].nunique()
     if lines.empty or lines.max() < 2:  # swept only where other settings were not held
         return None
-    fig, axes = grid(len(groups := panels(pooled, ["objective", "param"])))
+    groups = panels(pooled, ["objective", "param"])
+    fig, axes = grid(len(groups))
     values = pooled[parameter]
     log_x = values.min() > 0 and values.max() / values.min() >= 20
     for ax, ((objective, param), panel) in zip(axes, groups, strict=True):
@@ -139,7 +141,8 @@ def fig_bias(records: pd.DataFrame, *, styles: Styles | None = None) -> Figure |
         biased = set(records.loc[flags.eq(False).fillna(False), "estimator"])
     sizes = sorted(pooled["n_samples"].unique())
     colors = dict(zip(sizes, sns.color_palette("flare", len(sizes)), strict=True))
-    fig, axes = grid(len(groups := panels(pooled, ["objective", "param"])))
+    groups = panels(pooled, ["objective", "param"])
+    fig, axes = grid(len(groups))
     height = 0.7 / len(sizes)
     for ax, ((objective, param), panel) in zip(axes, groups, strict=True):
         names = present(order, panel)
@@ -174,7 +177,8 @@ def fig_time_per_estimate(records: pd.DataFrame, *, styles: Styles | None = None
     data, notes = hold_fixed(data, free=["n_samples"])
     cells = data.drop_duplicates([c for c in ["run_dir", "objective", "estimator"] if c in data])
     pooled = pool(cells, ["objective", "estimator", "n_samples"])
-    fig, axes = grid(len(groups := panels(pooled, "objective")))
+    groups = panels(pooled, "objective")
+    fig, axes = grid(len(groups))
     # Labels first: a panel with a single n_samples clears its x label.
     label(axes, "n_samples (draws per estimate)", "time per estimate (s)")
     for ax, (objective, panel) in zip(axes, groups, strict=True):
@@ -201,7 +205,8 @@ def fig_work_normalized_variance(
     styles = _styles(records, styles)
     data, notes = hold_fixed(data, free=["n_samples"])
     pooled = pool(data, ["objective", "param", "estimator", "n_samples"])
-    fig, axes = grid(len(groups := panels(pooled, ["objective", "param"])))
+    groups = panels(pooled, ["objective", "param"])
+    fig, axes = grid(len(groups))
     # Labels first: a panel with a single n_samples clears its x label.
     label(axes, "n_samples (draws per estimate)", "variance × time (s)")
     for ax, ((objective, param), panel) in zip(axes, groups, strict=True):

@@ -76,10 +76,12 @@ def present(order: Sequence[str], frame: pd.DataFrame, column: str = "estimator"
 
 
 def ordered_objectives(frame: pd.DataFrame) -> list[str]:
+    """The objectives of ``frame`` in the order of its runs."""
     return first_appearance(frame, "objective")
 
 
 def ordered_estimators(frame: pd.DataFrame) -> list[str]:
+    """The estimators of ``frame`` in the order of its runs."""
     return first_appearance(frame, "estimator")
 
 
