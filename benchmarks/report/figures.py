@@ -55,6 +55,14 @@ def _styles(frame: pd.DataFrame, styles: Styles | None) -> Styles:
     return styles if styles is not None else estimator_styles(ordered_estimators(frame))
 
 
+def _coordinate_panels(data: pd.DataFrame) -> tuple[pd.DataFrame, list, list[str]]:
+    """(pooled rows, a group per objective and coordinate, notes) against n_samples, the
+    other swept settings held fixed."""
+    data, notes = hold_fixed(data, free=["n_samples"])
+    pooled = pool(data, ["objective", "param", "estimator", "n_samples"])
+    return pooled, panels(pooled, ["objective", "param"]), notes
+
+
 @styled
 def fig_variance_vs_n_samples(
     records: pd.DataFrame, *, styles: Styles | None = None
@@ -66,9 +74,7 @@ def fig_variance_vs_n_samples(
     if data.empty or data["n_samples"].nunique() < 2:
         return None
     styles = _styles(records, styles)
-    data, notes = hold_fixed(data, free=["n_samples"])
-    pooled = pool(data, ["objective", "param", "estimator", "n_samples"])
-    groups = panels(pooled, ["objective", "param"])
+    pooled, groups, notes = _coordinate_panels(data)
     fig, axes = grid(len(groups))
     for ax, ((objective, param), panel) in zip(axes, groups, strict=True):
         for name in present(styles, panel):
@@ -203,9 +209,7 @@ def fig_work_normalized_variance(
     if data.empty:
         return None
     styles = _styles(records, styles)
-    data, notes = hold_fixed(data, free=["n_samples"])
-    pooled = pool(data, ["objective", "param", "estimator", "n_samples"])
-    groups = panels(pooled, ["objective", "param"])
+    pooled, groups, notes = _coordinate_panels(data)
     fig, axes = grid(len(groups))
     # Labels first: a panel with a single n_samples clears its x label.
     label(axes, "n_samples (draws per estimate)", "variance × time (s)")
