@@ -7,6 +7,7 @@ ranking, the bias flag, pooling over seeds, and skipped, failed and unreadable r
 
 from __future__ import annotations
 
+import ast
 import math
 import shutil
 from html.parser import HTMLParser
@@ -109,8 +110,8 @@ def html_links(path: Path) -> list[str]:
 def sweep(tmp_path_factory) -> Path:
     """2 estimators × 2 n_samples on gaussian_quadratic (reinforce_loo skips n=1).
 
-    Kept to 4 cells: composing Hydra configs costs about a second a cell on a busy
-    2-core machine. Sweeps over objective settings are covered by hand-made runs below.
+    Kept to 4 cells: every cell composes a Hydra config, the slow part of a sweep. Sweeps
+    over objective settings are covered by hand-made runs below.
     """
     folder = tmp_path_factory.mktemp("sweep")
     code = cli.main([
@@ -199,6 +200,17 @@ def test_extra_formats_are_written_and_linked(tmp_path):
     # A figure that lost its data on the next run is removed, not left stale.
     assert report.main([str(tmp_path), "--dpi", "30"]) == 0
     assert not (out / "bias.svg").exists() and (out / "bias.png").exists()
+
+
+def test_png_format_is_accepted_and_written_once(tmp_path):
+    one_figure = {"params": ("mu",), "time": math.nan}
+    write_run(tmp_path / "a", cell("reinforce", 10, 1.0, **one_figure))
+    write_run(tmp_path / "b", cell("reparam", 10, 0.1, **one_figure))
+    assert report.main([str(tmp_path), "--format", "png", "--format", "PNG,svg"]) == 0
+    out = tmp_path / "report"
+    written = (out / ".gradbench-report").read_text().split()
+    assert written.count("bias.png") == 1 and written.count("bias.svg") == 1
+    assert "bias.png" in html_links(out / "index.html")
 
 
 def test_unknown_figure_format_is_refused(tmp_path, capsys):
@@ -308,6 +320,34 @@ def test_group_rows_of_models_show_chi2_and_are_not_flagged():
     assert "not tested" in report.threshold_sentence(summary)
 
 
+def test_group_rows_are_known_by_their_coordinate_count_not_their_names():
+    # A model whose groups have names of its own (bayes_logreg: mean, log_scale).
+    records = cell("reinforce", 10, 1e-3, bias=0.5, params=("mean", "log_scale", "all"))
+    records = records.assign(bias_chi2=[1.0, 2.0, 1.5], n_coords=[3, 3, 6])
+    summary = report.summary_table(records)
+    assert summary["bias_significant"].isna().all() and summary["bias_z"].isna().all()
+    assert "(all, log_scale, mean)" in report.threshold_sentence(summary)  # the rows' order
+
+
+def test_orders_come_from_the_runs_not_from_lists_of_names():
+    # Natural order of the run folders: run2 before run10, whatever the estimators are called.
+    records = pd.concat([
+        cell("reinforce", 10, 1.0, params=("mu",)).assign(run_dir="run10"),
+        cell("a_new_estimator", 10, 1.0, params=("mu",)).assign(run_dir="run2"),
+        cell("reinforce", 10, 1.0, params=("mu",)).assign(run_dir="run3", objective="toy_b"),
+    ], ignore_index=True)  # fmt: skip
+    assert report.ordered_estimators(records) == ["a_new_estimator", "reinforce"]
+    assert report.ordered_objectives(records) == ["gaussian_quadratic", "toy_b"]
+    summary = report.summary_table(records)
+    assert list(summary["objective"]) == ["gaussian_quadratic", "gaussian_quadratic", "toy_b"]
+    assert list(summary["estimator"]) == ["a_new_estimator", "reinforce", "reinforce"]
+    assert list(summary["rank"]) == [1, 1, 1]  # a tie: the runs' order decides
+    names = [f"estimator_{i}" for i in range(12)]
+    styles = report.estimator_styles(names)
+    assert list(styles) == names and len(set(styles.values())) == len(names)
+    assert report.estimator_styles(names) == styles
+
+
 def test_summary_pools_seeds_of_one_cell():
     records = pd.concat([
         cell("reinforce", 10, 4.0, bias=0.2, seed=0, params=("mu",)),
@@ -412,6 +452,20 @@ def test_training_variance_from_tracked_records():
     assert "trained with reinforce" in fig.axes[0].get_title()
 
 
+def test_training_variance_of_a_model_is_that_of_all_its_coordinates():
+    groups = ("encoder", "decoder", "all")
+    rows = [
+        cell(name, 10, 1.0, params=groups).assign(
+            task="train", step=step, train_estimator="reinforce", var_grad=[4.0, 0.25, var],
+            n_coords=[2, 3, 5],
+        )  # fmt: skip
+        for step in (0, 10) for name, var in (("reinforce", 10.0), ("reparam", 100.0))
+    ]  # fmt: skip
+    fig = report.fig_train_variance(report.training_records(pd.concat(rows, ignore_index=True)))
+    drawn = {tuple(line.get_ydata()) for line in fig.axes[0].get_lines()}
+    assert drawn == {(1.0, 1.0), (2.0, 2.0)}  # log10 of the "all" rows' variance
+
+
 def test_report_with_training_runs(tmp_path):
     for estimator in ("reinforce", "reparam"):
         run = tmp_path / estimator
@@ -433,3 +487,18 @@ def test_figures_leave_global_matplotlib_state_alone():
     before = dict(matplotlib.rcParams)
     report.fig_bias(toy_records())
     assert dict(matplotlib.rcParams) == before
+
+
+def test_the_report_does_not_import_the_command_line():
+    # benchmarks.cli imports the report; an import back would make a cycle.
+    folder = Path(report.__file__).parent
+    imported = set()
+    for path in folder.glob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom):
+                imported.add(node.module or "")
+                imported.update(f"{node.module}.{alias.name}" for alias in node.names)
+            elif isinstance(node, ast.Import):
+                imported.update(alias.name for alias in node.names)
+    assert "benchmarks.report.frames" in imported  # the walk sees the package's imports
+    assert not {name for name in imported if name.startswith("benchmarks.cli")}
