@@ -17,6 +17,7 @@ from torch import Tensor
 from tqdm import tqdm
 
 from estimators import Estimator, NotApplicable, estimate_gradient, replicate_gradients
+from estimators.base import is_importance_weighted
 
 RECORD_COLUMNS = [
     "objective", "estimator", "task", "param", "n_samples", "replicates", "seed",
@@ -24,7 +25,7 @@ RECORD_COLUMNS = [
     "time_per_estimate_s", "measure_time_s", "status",
     # Beyond the contract.
     "param_value", "true_value", "unbiased", "snr", "log10_var", "work_normalized_var",
-    "z_bias", "n_finite", "device", "dtype", "torch_version",
+    "z_bias", "n_finite", "device", "dtype", "torch_version", "k",
 ]  # fmt: skip
 
 
@@ -102,8 +103,12 @@ def measure_variance(
 
     theta = objective.theta
     device = theta.device
-    true_grad = objective.true_grad().cpu()
-    true_value = float(objective.exact_value(theta))
+    # K: importance samples per estimate (1 for single-sample estimators). The truth of an
+    # importance-weighted objective is that of the bound L_K the estimator targets.
+    bound_k = getattr(estimator, "k", 1)
+    at_k = {"k": bound_k} if is_importance_weighted(objective) else {}
+    true_grad = objective.true_grad(**at_k).cpu()
+    true_value = float(objective.exact_value(theta, **at_k))
     d = theta.shape[-1]
     nan = torch.full((d,), math.nan, dtype=torch.float64)
     stats = {"mean": nan, "var": nan, "n_finite": 0, "measure": math.nan, "time": math.nan}
@@ -178,5 +183,6 @@ def measure_variance(
             "device": str(device),
             "dtype": str(theta.dtype).removeprefix("torch."),
             "torch_version": torch.__version__,
+            "k": bound_k,
         })  # fmt: skip
     return pd.DataFrame(rows, columns=RECORD_COLUMNS)

@@ -1,4 +1,6 @@
-"""Objectives: the toy suite with exact answers (``toy``)."""
+"""Objectives: the toy suite with exact answers (``toy``), and ``linear_gaussian``."""
+
+from benchmarks.objectives.linear_gaussian import LinearGaussian
 
 from benchmarks.objectives.toy import (
     TOYS,
@@ -15,5 +17,6 @@ __all__ = [
     "CategoricalLinear",
     "GaussianCosine",
     "GaussianQuadratic",
+    "LinearGaussian",
     "ToyObjective",
 ]
