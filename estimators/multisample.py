@@ -49,9 +49,7 @@ class _ImportanceWeighted(Estimator):
     def check(self, objective, theta, n_samples):
         super().check(objective, theta, n_samples)
         if not is_importance_weighted(objective):
-            raise NotApplicable(
-                f"{self.name} needs an importance-weighted objective (log_joint)"
-            )
+            raise NotApplicable(f"{self.name} needs an importance-weighted objective (log_joint)")
         if self.k < self.min_k:
             raise NotApplicable(
                 f"{self.name}'s leave-one-out baseline needs k >= {self.min_k}, got {self.k}"
