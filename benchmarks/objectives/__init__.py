@@ -1,5 +1,7 @@
-"""Objectives: the toy suite with exact answers (``toy``), and ``linear_gaussian``."""
+"""Objectives: the toy suite with exact answers (``toy``), and importance-weighted bounds
+with exact answers (``linear_gaussian``, ``bernoulli_latent``)."""
 
+from benchmarks.objectives.bernoulli_latent import BernoulliLatent
 from benchmarks.objectives.linear_gaussian import LinearGaussian
 from benchmarks.objectives.toy import (
     TOYS,
@@ -12,6 +14,7 @@ from benchmarks.objectives.toy import (
 
 __all__ = [
     "TOYS",
+    "BernoulliLatent",
     "BernoulliThreshold",
     "CategoricalLinear",
     "GaussianCosine",

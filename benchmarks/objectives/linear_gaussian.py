@@ -63,13 +63,49 @@ def _tau_max(sigma: float, k: int) -> float:
     return max(40.0, 35.0 / (alpha * k))
 
 
-class LinearGaussian(ToyObjective):
-    """z ~ N(0, 1), x | z ~ N(z, 1), q = N(mu, sigma²); loss −L_K (−ELBO at K = 1).
+def log_mean_bound(log_w: Tensor, prob: Tensor, k: int, tau_max: float) -> Tensor:
+    """E[log (1/K) Σ_k s_k] for K independent copies of s, by the Frullani integral.
 
-    Implements ``estimators.ImportanceWeightedObjective`` (``distribution``, ``log_joint``)
-    and, for single-sample estimators, ``estimators.StochasticObjective`` with the ELBO's
-    integrand as f.
+    s takes the value exp(``log_w[..., i]``) with probability ``prob[..., i]`` (the states
+    of a discrete q, or quadrature nodes and weights for a continuous one), with E[s] = 1;
+    [*batch, E] -> [*batch]. ``tau_max``: where φ(e^τ/K)^K has decayed below e^{−35}.
+    Differentiable in both arguments.
     """
+    opts = {"dtype": log_w.dtype, "device": log_w.device}
+    tau = torch.arange(TAU_MIN, tau_max + TAU_STEP / 2, TAU_STEP, **opts)  # [T]
+    # φ(e^τ/K) for every τ: [*batch, T, E] -> [*batch, T]
+    u = (tau - math.log(k)).unsqueeze(-1)
+    phi = (torch.exp(-torch.exp(u + log_w.unsqueeze(-2))) * prob.unsqueeze(-2)).sum(-1)
+    integrand = torch.exp(-torch.exp(tau)) - phi.pow(k)
+    return integrand.sum(-1) * TAU_STEP
+
+
+class ImportanceWeightedToy(ToyObjective):
+    """A toy ``estimators.ImportanceWeightedObjective`` (``distribution``, ``log_joint``)
+    whose loss −L_K is known exactly for every K (``exact_value(theta, k)``).
+
+    It is an ``estimators.StochasticObjective`` too, for single-sample estimators, with
+    the ELBO's integrand as f (see the module docstring).
+    """
+
+    def log_joint(self, z: Tensor) -> Tensor:
+        raise NotImplementedError
+
+    def exact_value(self, theta: Tensor, k: int = 1) -> Tensor:
+        raise NotImplementedError
+
+    def cost(self, z):
+        return self.distribution(self.theta).log_prob(z) - self.log_joint(z)
+
+    def true_grad(self, k: int = 1) -> Tensor:
+        """∇θ(−L_K) at ``self.theta``, exact, [D]."""
+        theta = self.theta.detach().clone().requires_grad_(True)
+        (grad,) = torch.autograd.grad(self.exact_value(theta, k).sum(), theta)
+        return grad
+
+
+class LinearGaussian(ImportanceWeightedToy):
+    """z ~ N(0, 1), x | z ~ N(z, 1), q = N(mu, sigma²); loss −L_K (−ELBO at K = 1)."""
 
     name = "linear_gaussian"
     param_names = ["mu", "sigma"]
@@ -94,9 +130,6 @@ class LinearGaussian(ToyObjective):
         """log p(x, z) = log N(z; 0, 1) + log N(x; z, 1), elementwise."""
         return -0.5 * (z.square() + (self.x - z).square()) - math.log(2 * math.pi)
 
-    def cost(self, z):
-        return self.distribution(self.theta).log_prob(z) - self.log_joint(z)
-
     def exact_value(self, theta: Tensor, k: int = 1) -> Tensor:
         """The loss −L_K(θ), [*batch] for ``theta`` [*batch, 2], exact."""
         if k == 1:
@@ -105,12 +138,6 @@ class LinearGaussian(ToyObjective):
             kl = torch.log(v**0.5 / sigma) + (sigma**2 + (mu - m) ** 2) / (2 * v) - 0.5
             return kl - self.log_marginal()
         return -self.bound_by_quadrature(theta, k)
-
-    def true_grad(self, k: int = 1) -> Tensor:
-        """∇θ(−L_K) at ``self.theta``, exact, [2]."""
-        theta = self.theta.detach().clone().requires_grad_(True)
-        (grad,) = torch.autograd.grad(self.exact_value(theta, k).sum(), theta)
-        return grad
 
     def bound_by_quadrature(self, theta: Tensor, k: int) -> Tensor:
         """L_K(θ) by the Frullani integral of the module docstring, [*batch], any k ≥ 1."""
@@ -125,9 +152,4 @@ class LinearGaussian(ToyObjective):
             self.log_joint(z) - _normal_log_prob(z, mu, sigma.square()) - self.log_marginal()
         )  # log w/p(x)
         tau_max = _tau_max(float(theta[..., 1].detach().max()), k)
-        tau = torch.arange(TAU_MIN, tau_max + TAU_STEP / 2, TAU_STEP, **opts)  # [T]
-        # φ(e^τ/K) for every τ: [*batch, T, E] -> [*batch, T]
-        u = (tau - math.log(k)).unsqueeze(-1)
-        phi = (torch.exp(-torch.exp(u + log_w.unsqueeze(-2))) * weight).sum(-1)
-        integrand = torch.exp(-torch.exp(tau)) - phi.pow(k)
-        return (self.log_marginal() + integrand.sum(-1) * TAU_STEP).to(dtype)
+        return (self.log_marginal() + log_mean_bound(log_w, weight, k, tau_max)).to(dtype)
