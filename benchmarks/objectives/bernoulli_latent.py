@@ -69,13 +69,15 @@ class BernoulliLatent(ImportanceWeightedToy):
         return float(torch.logsumexp(self.log_joint(self.states(torch.float64)), 0))
 
     def exact_value(self, theta: Tensor, k: int = 1) -> Tensor:
-        """The loss −L_K(θ), [*batch] for ``theta`` [*batch, B], exact."""
+        """The loss −L_K(θ), [*batch] for ``theta`` [*batch, B], exact (float64 inside)."""
+        dtype = theta.dtype
+        theta = theta.to(torch.float64)
         states = self.states(theta.dtype)
         log_q = self.distribution(theta.unsqueeze(-2)).log_prob(states)  # [*batch, 2^B]
         log_p = self.log_marginal()
         log_w = self.log_joint(states) - log_q - log_p  # log w/p(x)
         if k == 1:
-            return -(log_p + (log_q.exp() * log_w).sum(-1))
+            return -(log_p + (log_q.exp() * log_w).sum(-1)).to(dtype)
         # φ(u) ≤ exp(−u · min w/p(x)): past τ = log 35 − min log(w/p(x)) it is below e^{−35}.
         tau_max = max(40.0, 4.0 - float(log_w.detach().min()))
-        return -(log_p + log_mean_bound(log_w, log_q.exp(), k, tau_max))
+        return -(log_p + log_mean_bound(log_w, log_q.exp(), k, tau_max)).to(dtype)
