@@ -368,3 +368,12 @@ def test_measure_variance_compares_with_the_bound_of_the_estimators_k(far):
         warmup_steps=1, timing_min_run_time=0.001,
     )  # fmt: skip
     assert toy["k"].tolist() == [1, 1]
+
+
+def test_objective_settings_are_checked_in_one_line():
+    with pytest.raises(ValueError, match="objective.sigma must be > 0, got 0.0"):
+        LinearGaussian(sigma=0)
+    with pytest.raises(ValueError, match="objective.weights needs one entry per logit, got 1"):
+        BernoulliLatent(weights=(1.0,), logits=(0.0, 0.0))
+    with pytest.raises(ValueError, match="objective.logits needs 1 to 12 entries, got 13"):
+        BernoulliLatent(weights=(1.0,) * 13, logits=(0.0,) * 13)

@@ -36,10 +36,7 @@ class BernoulliLatent(ImportanceWeightedToy):
         if not 1 <= len(logits) <= MAX_BITS:
             raise ValueError(f"objective.logits needs 1 to {MAX_BITS} entries, got {len(logits)}")
         if len(weights) != len(logits):
-            raise ValueError(
-                f"objective.logits has {len(logits)} entries but objective.weights has "
-                f"{len(weights)}; they must match"
-            )
+            raise ValueError(f"objective.weights needs one entry per logit, got {len(weights)}")
         super().__init__(logits, device, dtype)
         self.x = _number("x", x)
         self.weights = torch.tensor(weights, device=device, dtype=dtype)
