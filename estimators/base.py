@@ -50,8 +50,8 @@ proposal, as any object with
 w_k = p(x, z_k) / q_θ(z_k), the bound is L_K = E[log (1/K) Σ_k w_k] ≤ log p(x); K = 1 is
 the ELBO, and L_K rises to log p(x) as K grows. K is the estimator's setting ``k``
 (``estimator.k``), apart from ``n_samples``: each of the surrogate's ``n_samples`` terms is
-one estimate from its own K samples. The loss is −L_K, so these estimators' surrogates
-estimate ∇θ(−L_K), like every other surrogate here estimates the gradient of a loss.
+one estimate from its own K samples. The loss is −L_K: these surrogates' gradients
+estimate ∇θ(−L_K), as every surrogate here estimates the gradient of a loss to minimise.
 An objective that knows its bound exactly takes K in ``exact_value(theta, k=...)`` and
 ``true_grad(k=...)``: the truth a measurement compares with is that of the estimator's K.
 
@@ -102,10 +102,9 @@ class Estimator(abc.ABC):
     """Base class: a recipe for a surrogate whose gradient estimates ∇θ E_{p_θ}[f].
 
     Subclasses set ``unbiased`` (False where the estimate's mean is not the gradient of
-    the objective they are given, e.g. a relaxation's or STL's for K > 1) and implement
-    ``surrogate``; they override ``check`` to
-    refuse objectives or sample sizes they cannot handle, and ``reset`` if they carry
-    state across calls.
+    the objective they are given, e.g. a relaxation's, or STL's for K > 1) and implement
+    ``surrogate``; they override ``check`` to refuse objectives or sample sizes they cannot
+    handle, and ``reset`` if they carry state across calls.
     """
 
     unbiased: bool = True
