@@ -19,6 +19,7 @@ from tqdm import tqdm
 
 from benchmarks.settings import check_sizes
 from estimators import Estimator, NotApplicable, estimate_gradient, replicate_gradients
+from estimators.base import is_importance_weighted
 
 RECORD_COLUMNS = [
     "objective", "estimator", "task", "param", "n_samples", "replicates", "seed",
@@ -26,7 +27,7 @@ RECORD_COLUMNS = [
     "time_per_estimate_s", "measure_time_s", "status",
     # Beyond the contract.
     "param_value", "true_value", "unbiased", "snr", "log10_var", "work_normalized_var",
-    "z_bias", "n_finite", "var_grad_se", "device", "dtype", "torch_version",
+    "z_bias", "n_finite", "var_grad_se", "device", "dtype", "torch_version", "k",
 ]  # fmt: skip
 
 
@@ -129,8 +130,12 @@ def measure_variance(
     check_sizes(n_samples, replicates, nonfinite)
     theta = objective.theta
     device = theta.device
-    true_grad = objective.true_grad().cpu()
-    true_value = float(objective.exact_value(theta))
+    # K: importance samples per estimate (1 for single-sample estimators). The truth of an
+    # importance-weighted objective is that of the bound L_K the estimator targets.
+    bound_k = getattr(estimator, "k", 1)
+    at_k = {"k": bound_k} if is_importance_weighted(objective) else {}
+    true_grad = objective.true_grad(**at_k).cpu()
+    true_value = float(objective.exact_value(theta, **at_k))
     d = theta.shape[-1]
     nan = torch.full((d,), math.nan, dtype=torch.float64)
     stats = {"mean": nan, "var": nan, "var_se": nan, "n_finite": 0, "measure": math.nan,
@@ -202,5 +207,6 @@ def measure_variance(
             "n_finite": stats["n_finite"],
             "var_grad_se": float(stats["var_se"][k]),
             **environment_columns(device, theta.dtype),
+            "k": bound_k,
         })  # fmt: skip
     return pd.DataFrame(rows, columns=RECORD_COLUMNS)

@@ -3,14 +3,17 @@
 from estimators.antithetic import ARM, DisARM
 from estimators.base import (
     Estimator,
+    ImportanceWeightedObjective,
     NotApplicable,
     StochasticObjective,
     estimate_gradient,
+    is_importance_weighted,
     objective_with_estimator_gradient,
     replicate_gradients,
 )
 from estimators.baselines import Baseline, Learned, LeaveOneOut, MovingAverage, OptimalConstant
 from estimators.measure_valued import MeasureValued
+from estimators.multisample import IWAE, STL, VIMCO, DReG
 from estimators.pathwise import Reparameterization
 from estimators.relaxed import GumbelSoftmax, StraightThrough
 from estimators.score_function import Reinforce
@@ -18,9 +21,12 @@ from estimators.score_function import Reinforce
 __all__ = [
     "ARM",
     "Baseline",
+    "DReG",
     "DisARM",
     "Estimator",
     "GumbelSoftmax",
+    "IWAE",
+    "ImportanceWeightedObjective",
     "Learned",
     "LeaveOneOut",
     "MeasureValued",
@@ -29,9 +35,12 @@ __all__ = [
     "OptimalConstant",
     "Reinforce",
     "Reparameterization",
+    "STL",
     "StochasticObjective",
     "StraightThrough",
+    "VIMCO",
     "estimate_gradient",
+    "is_importance_weighted",
     "objective_with_estimator_gradient",
     "replicate_gradients",
 ]

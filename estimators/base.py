@@ -35,6 +35,26 @@ Drawing inside the estimator, not in the caller, lets each family draw what it n
 plain samples, reparameterised samples, antithetic pairs, or extra independent samples to
 fit a baseline.
 
+Importance-weighted objectives. The multi-sample estimators (``estimators.multisample``:
+IWAE, STL, DReG, VIMCO) need more than p_θ and f: a latent-variable model's joint and a
+proposal, as any object with
+
+    distribution(theta) -> torch.distributions.Distribution
+        the proposal q_θ(z), batch shape ``theta.shape[:-1]`` as above.
+    log_joint(z) -> Tensor
+        log p(x, z) for the objective's fixed data x, elementwise over sample and batch
+        dimensions: [*sample, *batch, *event] -> [*sample, *batch]. It may depend on
+        parameters of its own (a decoder); θ reaches it only through z.
+
+(``ImportanceWeightedObjective``). With K importance samples z_k ~ q_θ and weights
+w_k = p(x, z_k) / q_θ(z_k), the bound is L_K = E[log (1/K) Σ_k w_k] ≤ log p(x); K = 1 is
+the ELBO, and L_K rises to log p(x) as K grows. K is the estimator's setting ``k``
+(``estimator.k``), apart from ``n_samples``: each of the surrogate's ``n_samples`` terms is
+one estimate from its own K samples. The loss is −L_K: these surrogates' gradients
+estimate ∇θ(−L_K), as every surrogate here estimates the gradient of a loss to minimise.
+An objective that knows its bound exactly takes K in ``exact_value(theta, k=...)`` and
+``true_grad(k=...)``: the truth a measurement compares with is that of the estimator's K.
+
 Measuring. ``replicate_gradients`` turns a surrogate into ``replicates`` independent
 gradient estimates with one forward and one backward pass: ``theta`` is copied once per
 replicate along a new batch dimension, so each copy's gradient is that replicate's
@@ -65,12 +85,26 @@ class StochasticObjective(Protocol):
     def cost(self, x: Tensor) -> Tensor: ...
 
 
+class ImportanceWeightedObjective(Protocol):
+    """What a multi-sample estimator needs to know about L_K = E[log (1/K) Σ_k w_k]."""
+
+    def distribution(self, theta: Tensor) -> Distribution: ...
+
+    def log_joint(self, z: Tensor) -> Tensor: ...
+
+
+def is_importance_weighted(objective) -> bool:
+    """Whether ``objective`` provides the joint log p(x, z) of an importance-weighted bound."""
+    return callable(getattr(objective, "log_joint", None))
+
+
 class Estimator(abc.ABC):
     """Base class: a recipe for a surrogate whose gradient estimates ∇θ E_{p_θ}[f].
 
-    Subclasses set ``unbiased`` and implement ``surrogate``; they override ``check`` to
-    refuse objectives or sample sizes they cannot handle, and ``reset`` if they carry
-    state across calls.
+    Subclasses set ``unbiased`` (False where the estimate's mean is not the gradient of
+    the objective they are given, e.g. a relaxation's, or STL's for K > 1) and implement
+    ``surrogate``; they override ``check`` to refuse objectives or sample sizes they cannot
+    handle, and ``reset`` if they carry state across calls.
     """
 
     unbiased: bool = True

@@ -85,21 +85,21 @@ class ToyObjective(Objective):
         return frame
 
 
-def _number(name: str, value) -> float:
+def number(name: str, value) -> float:
     try:
         return float(value)
     except (TypeError, ValueError):
         raise ValueError(f"objective.{name} must be a number, got {value!r}") from None
 
 
-def _numbers(name: str, values) -> list[float]:
+def numbers(name: str, values) -> list[float]:
     if isinstance(values, str) or not hasattr(values, "__len__"):
         raise ValueError(f"objective.{name} must be a list of numbers, got {values!r}")
-    return [_number(name, v) for v in values]
+    return [number(name, v) for v in values]
 
 
-def _positive(name: str, value) -> float:
-    value = _number(name, value)
+def positive(name: str, value) -> float:
+    value = number(name, value)
     if not value > 0:
         raise ValueError(f"objective.{name} must be > 0, got {value}")
     return value
@@ -129,8 +129,8 @@ class GaussianQuadratic(GaussianToy):
     infimum = 0.0  # mu = target, sigma -> 0
 
     def __init__(self, mu=1.0, sigma=1.0, target=0.0, device="cpu", dtype=torch.float32):
-        super().__init__([_number("mu", mu), _positive("sigma", sigma)], device, dtype)
-        self.target = _number("target", target)
+        super().__init__([number("mu", mu), positive("sigma", sigma)], device, dtype)
+        self.target = number("target", target)
 
     def cost(self, x):
         d = x - self.target
@@ -146,8 +146,8 @@ class GaussianCosine(GaussianToy):
     name = "gaussian_cosine"
 
     def __init__(self, mu=1.0, sigma=1.0, omega=1.0, device="cpu", dtype=torch.float32):
-        super().__init__([_number("mu", mu), _positive("sigma", sigma)], device, dtype)
-        self.omega = _number("omega", omega)
+        super().__init__([number("mu", mu), positive("sigma", sigma)], device, dtype)
+        self.omega = number("omega", omega)
 
     @property
     def infimum(self) -> float:
@@ -173,8 +173,8 @@ class BernoulliThreshold(ToyObjective):
     cost_is_differentiable = False
 
     def __init__(self, logit=0.0, target=0.45, device="cpu", dtype=torch.float32):
-        super().__init__([_number("logit", logit)], device, dtype)
-        self.target = _number("target", target)
+        super().__init__([number("logit", logit)], device, dtype)
+        self.target = number("target", target)
 
     @property
     def infimum(self) -> float:
@@ -205,7 +205,7 @@ class CategoricalLinear(ToyObjective):
     def __init__(
         self, logits=(0.0, 0.0, 0.0), rewards=(1.0, 0.0, -1.0), device="cpu", dtype=torch.float32
     ):
-        logits, rewards = _numbers("logits", logits), _numbers("rewards", rewards)
+        logits, rewards = numbers("logits", logits), numbers("rewards", rewards)
         if len(logits) < 2:
             raise ValueError(f"objective.logits needs at least 2 entries, got {len(logits)}")
         if len(rewards) != len(logits):
@@ -249,10 +249,10 @@ class BernoulliShared(ToyObjective):
     cost_is_differentiable = False
 
     def __init__(self, phi=0.0, targets=(0.6, 0.51, 0.48), device="cpu", dtype=torch.float32):
-        targets = _numbers("targets", targets)
+        targets = numbers("targets", targets)
         if not 1 <= len(targets) <= 16:
             raise ValueError(f"objective.targets needs 1 to 16 entries, got {len(targets)}")
-        super().__init__([_number("phi", phi)], device, dtype)
+        super().__init__([number("phi", phi)], device, dtype)
         self.targets = torch.tensor(targets, device=device, dtype=dtype)
 
     @property
