@@ -10,6 +10,7 @@ from estimators.base import (
     replicate_gradients,
 )
 from estimators.baselines import Baseline, Learned, LeaveOneOut, MovingAverage, OptimalConstant
+from estimators.control_variates import REBAR, RELAX
 from estimators.measure_valued import MeasureValued
 from estimators.pathwise import Reparameterization
 from estimators.relaxed import GumbelSoftmax, StraightThrough
@@ -27,6 +28,8 @@ __all__ = [
     "MovingAverage",
     "NotApplicable",
     "OptimalConstant",
+    "REBAR",
+    "RELAX",
     "Reinforce",
     "Reparameterization",
     "StochasticObjective",
