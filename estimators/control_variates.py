@@ -50,21 +50,18 @@ from estimators.base import Estimator, NotApplicable, StochasticObjective
 from estimators.distributions import bernoulli_logits, sum_event
 
 
-def _positive(name: str, value) -> float:
-    try:
-        value = float(value)
-    except (TypeError, ValueError):
-        raise ValueError(f"estimator.{name} must be a number, got {value!r}") from None
-    if not value > 0:
-        raise ValueError(f"estimator.{name} must be > 0, got {value}")
-    return value
-
-
 def _number(name: str, value) -> float:
     try:
         return float(value)
     except (TypeError, ValueError):
         raise ValueError(f"estimator.{name} must be a number, got {value!r}") from None
+
+
+def _positive(name: str, value) -> float:
+    value = _number(name, value)
+    if not value > 0:
+        raise ValueError(f"estimator.{name} must be > 0, got {value}")
+    return value
 
 
 def _like_event(t: Tensor, event_dims: int) -> Tensor:
