@@ -12,6 +12,7 @@ from estimators.base import (
     replicate_gradients,
 )
 from estimators.baselines import Baseline, Learned, LeaveOneOut, MovingAverage, OptimalConstant
+from estimators.control_variates import REBAR, RELAX
 from estimators.measure_valued import MeasureValued
 from estimators.multisample import IWAE, STL, VIMCO, DReG
 from estimators.pathwise import Reparameterization
@@ -33,6 +34,8 @@ __all__ = [
     "MovingAverage",
     "NotApplicable",
     "OptimalConstant",
+    "REBAR",
+    "RELAX",
     "Reinforce",
     "Reparameterization",
     "STL",
