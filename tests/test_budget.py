@@ -73,3 +73,28 @@ def test_docs_show_the_same_table():
     assert documented == FALSE_FAIL_RATES
     total = re.search(r"sum over the default suite: ([0-9.e-]+)", DOC.read_text())
     assert total and float(total.group(1)) == pytest.approx(sum(FALSE_FAIL_RATES.values()))
+
+
+def literal_rate_calls(folder: Path) -> list[str]:
+    """``z_threshold``/``power_margin`` calls whose rate is a bare number, not the budget's."""
+    found = []
+    for path in sorted(folder.glob("*.py")):
+        if path.name == Path(__file__).name:
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            if (
+                isinstance(node, ast.Call)
+                and isinstance(node.func, ast.Name)
+                and node.func.id in ("z_threshold", "power_margin")
+                and node.args
+                and not any(isinstance(n, (ast.Name, ast.Call)) for n in ast.walk(node.args[0]))
+            ):
+                found.append(f"{path.name}:{node.lineno}")
+    return found
+
+
+def test_no_statistical_test_bypasses_the_budget(tmp_path):
+    assert literal_rate_calls(TESTS) == []
+    # Negative control: a literal rate is seen.
+    (tmp_path / "test_y.py").write_text("T = z_threshold(1e-3 / 2, 4)\n")
+    assert literal_rate_calls(tmp_path) == ["test_y.py:1"]
