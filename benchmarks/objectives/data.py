@@ -454,12 +454,13 @@ def _labels_for(folder: Path, prefix: str, n_images: int) -> np.ndarray | None:
 
 def _checked_labels(labels: np.ndarray, n_images: int, where) -> np.ndarray:
     if labels.ndim != 1 or len(labels) != n_images:
-        raise DataError(f"data.path: {where} holds {labels.shape} labels for {n_images} images")
+        count = len(labels) if labels.ndim == 1 else f"an array {labels.shape} of"
+        raise DataError(f"data.path: {where} holds {count} labels for {n_images} images")
     return labels
 
 
 @functools.lru_cache(maxsize=8)
-def _read_idx_cached(path: str, mtime: float, labels: bool) -> np.ndarray:
+def _read_idx_cached(path: str, size: int, mtime_ns: int, labels: bool) -> np.ndarray:
     opener = gzip.open if path.endswith(".gz") else open
     with opener(path, "rb") as handle:
         raw = handle.read()
@@ -483,9 +484,10 @@ def _read_idx_cached(path: str, mtime: float, labels: bool) -> np.ndarray:
 
 
 def _read_idx(path: Path, labels: bool = False) -> np.ndarray:
-    """Images (or ``labels``) from an IDX file (optionally gzipped), cached by path and
-    mtime."""
-    return _read_idx_cached(str(path), path.stat().st_mtime, labels)
+    """Images (or ``labels``) from an IDX file (optionally gzipped), cached by path, size
+    and modification time."""
+    stat = path.stat()
+    return _read_idx_cached(str(path), stat.st_size, stat.st_mtime_ns, labels)
 
 
 def write_idx(path: str | Path, images: np.ndarray) -> Path:
