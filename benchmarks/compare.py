@@ -34,6 +34,7 @@ import numpy as np
 import pandas as pd
 
 from benchmarks.errors import UsageError
+from benchmarks.storage import write_atomic
 
 KEY = ["run_dir", "param"]
 COLUMNS = [
@@ -227,8 +228,10 @@ def main(args: Sequence[str]) -> int:
     print(text)
     out = Path(options.out or options.new)
     out.mkdir(parents=True, exist_ok=True)
-    _write_text_atomic(out / "compare.md", f"# gradbench compare\n\n```\n{text}\n```\n")
-    _write_text_atomic(out / "compare.csv", comparison.table.to_csv(index=False))
+    markdown = f"# gradbench compare\n\n```\n{text}\n```\n"
+    write_atomic(out / "compare.md", lambda handle: handle.write(markdown.encode()))
+    csv = comparison.table.to_csv(index=False)
+    write_atomic(out / "compare.csv", lambda handle: handle.write(csv.encode()))
     regressions = comparison.regressions
     for line in regressions:
         print(f"regression: {line}", file=sys.stderr)
@@ -237,9 +240,3 @@ def main(args: Sequence[str]) -> int:
         f"written {out / 'compare.md'}, {out / 'compare.csv'}"
     )
     return 1 if regressions else 0
-
-
-def _write_text_atomic(path: Path, text: str) -> None:
-    temporary = path.with_name(f".{path.name}.tmp")
-    temporary.write_text(text)
-    temporary.replace(path)

@@ -11,7 +11,9 @@ import functools
 import os
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import BinaryIO
 
 import pandas as pd
 
@@ -30,11 +32,20 @@ def status_kind(status: pd.Series) -> pd.Series:
 def write_parquet_atomic(frame: pd.DataFrame, path: str | Path) -> Path:
     """Write ``frame`` to ``path`` so that a reader sees the whole file or none.
 
-    The frame goes to a temporary file in the same folder, is flushed to disk, and is
-    renamed over ``path`` (an atomic step on POSIX file systems); then the folder itself
-    is synced, so that the rename survives a crash of the machine, not only of the job.
-    A job killed before the rename leaves at most a ``.records.parquet.*.tmp`` file, which
-    readers ignore and the next run of the cell removes (``remove_stale_temporaries``).
+    As ``write_atomic``. A job killed before the rename leaves at most a
+    ``.records.parquet.*.tmp`` file, which readers ignore and the next run of the cell
+    removes (``remove_stale_temporaries``).
+    """
+    return write_atomic(path, lambda handle: frame.to_parquet(handle, index=False))
+
+
+def write_atomic(path: str | Path, write: Callable[[BinaryIO], object]) -> Path:
+    """Call ``write(handle)`` on a temporary file and rename it over ``path``.
+
+    The temporary file lies in the same folder (``.NAME.*.tmp``), is flushed to disk, and is
+    renamed over ``path`` (an atomic step on POSIX file systems); then the folder itself is
+    synced, so that the rename survives a crash of the machine, not only of the job. A
+    reader sees the whole file or none; a failed ``write`` leaves nothing behind.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -43,7 +54,7 @@ def write_parquet_atomic(frame: pd.DataFrame, path: str | Path) -> Path:
         # mkstemp makes the file private (0600); give it the permissions of a plain open().
         os.fchmod(fd, 0o666 & ~_umask())
         with os.fdopen(fd, "wb") as handle:
-            frame.to_parquet(handle, index=False)
+            write(handle)
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(tmp, path)

@@ -38,6 +38,7 @@ from benchmarks.objectives import (
     GaussianQuadratic,
 )
 from benchmarks.objectives.toy import BernoulliShared
+from benchmarks.storage import write_atomic
 from estimators import Estimator, NotApplicable, estimate_gradient, replicate_gradients
 
 F64 = {"dtype": torch.float64}
@@ -260,16 +261,12 @@ def format_markdown(cert: Certificate) -> str:
 
 
 def write_certificate(cert: Certificate, folder: Path) -> tuple[Path, Path]:
-    """Write ``verify.md`` and ``verify.json`` into ``folder`` (each via a renamed temp file)."""
-    folder.mkdir(parents=True, exist_ok=True)
+    """Write ``verify.md`` and ``verify.json`` into ``folder``, each atomically."""
     payload = {**asdict(cert), "ok": cert.ok, "failures": cert.failures}
     paths = []
     for name, text in (
         ("verify.md", format_markdown(cert)),
         ("verify.json", json.dumps(payload, indent=1, allow_nan=True)),
     ):
-        temporary = folder / f".{name}.tmp"
-        temporary.write_text(text)
-        temporary.replace(folder / name)
-        paths.append(folder / name)
+        paths.append(write_atomic(folder / name, lambda handle, t=text: handle.write(t.encode())))
     return paths[0], paths[1]
