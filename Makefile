@@ -27,7 +27,7 @@ demo: setup
 lint: setup
 	$(BIN)/ruff check . && $(BIN)/ruff format --check .
 
-# Speed regression suite (benchmarks/speed, pytest-benchmark; README "Speed regression suite").
+# Speed regression suite (benchmarks/speed, pytest-benchmark; docs/speed.md).
 # Baselines are saved under .benchmarks/ (git-ignored: timings belong to one machine).
 BENCH_THRESHOLD ?= 25%
 
