@@ -116,3 +116,13 @@ def test_an_entry_point_makes_the_estimator_an_option(tmp_path):
     plain = subprocess.run([*GRADBENCH, "list"], capture_output=True, text=True, check=True,
                            cwd=tmp_path)  # fmt: skip
     assert "my_plain" not in plain.stdout.splitlines()[0]
+
+
+def test_the_python_example_of_the_docs_runs(tmp_path, monkeypatch, capsys):
+    page = (Path(__file__).resolve().parents[1] / "docs" / "researcher.md").read_text()
+    block = page.split("```python\n", 1)[1].split("```", 1)[0]
+    monkeypatch.chdir(tmp_path)
+    exec(compile(block, "docs/researcher.md", "exec"), {})
+    out = capsys.readouterr().out
+    assert (tmp_path / "variance.png").stat().st_size > 0
+    assert "reparam" in out and "every claim holds" in out
