@@ -8,14 +8,20 @@ and exit code 2.
 
 from __future__ import annotations
 
-import argparse
-import sys
-import time
-from collections.abc import Sequence
-from pathlib import Path
+import os
 
-from benchmarks.errors import UsageError
-from benchmarks.precheck import check_run, compatibility, normalise_overrides, split_args
+# OpenMP threads that wait for work by sleeping, not spinning: on a machine where other jobs
+# share the cores (a cluster node, a laptop), spinning threads steal the time the busy
+# ones need. Set before torch loads OpenMP; a value in the environment wins.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+import argparse  # noqa: E402
+import sys
+import time  # noqa: E402
+from collections.abc import Sequence  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+from benchmarks.errors import UsageError  # noqa: E402
 
 # Flags that make Hydra print something instead of running jobs: nothing to check.
 INFO_FLAGS = ("--help", "-h", "--hydra-help", "--cfg", "-c", "--info")
@@ -40,6 +46,8 @@ def summarise(folder: Path, started: float | None = None) -> int:
 
 
 def cmd_run(args: Sequence[str]) -> int:
+    from benchmarks.precheck import check_run, normalise_overrides, split_args
+
     overrides, flags, multirun = split_args(args)
     overrides = normalise_overrides(overrides)
     plan = None
@@ -62,6 +70,8 @@ def cmd_run(args: Sequence[str]) -> int:
 
 
 def cmd_list(args: argparse.Namespace) -> int:
+    from benchmarks.precheck import compatibility
+
     table = compatibility(args.config_dir)
     print("estimators:", ", ".join(table.columns))
     print("objectives:", ", ".join(table.index))

@@ -215,3 +215,30 @@ def test_a_measurement_in_several_chunks_shows_progress_on_a_terminal(monkeypatc
         grads = replicate_gradients_chunked(Reinforce(), objective, objective.theta, 10, 100, size)
         assert grads.shape == (100, 2)
         assert ("replicates" in terminal.getvalue()) is shown
+
+
+def test_the_command_line_sets_passive_openmp_waits_unless_told_otherwise():
+    import os
+    import subprocess
+    import sys
+
+    code = "import os, benchmarks.cli; print(os.environ['OMP_WAIT_POLICY'])"
+    env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+    assert out.stdout.strip() == "PASSIVE", out.stderr
+    env["OMP_WAIT_POLICY"] = "ACTIVE"
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+    assert out.stdout.strip() == "ACTIVE", out.stderr
+
+
+def test_report_and_compare_do_not_load_torch_or_hydra():
+    # The cheap subcommands pay only for what they use.
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, benchmarks.cli, benchmarks.compare;"
+        "print(sorted(m for m in ('torch', 'hydra') if m in sys.modules))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert out.stdout.strip() == "[]", out.stderr

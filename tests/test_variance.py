@@ -175,7 +175,8 @@ def test_variance_test_rejects_a_wrong_formula():
     assert abs(optimal_baseline_variance(1.0, 1.0)[0] - 18.0) / se > Z_VARIANCE + margin
     z = variance_z(grads[:, :1], torch.tensor([8.0 + 10.0], **F64))
     assert z.abs().item() > Z_VARIANCE
-    grads = replicate_gradients(Reinforce(), objective, objective.theta, 1, 200_000)
+    # REINFORCE's heavy tails need more replicates for the same power.
+    grads = replicate_gradients(Reinforce(), objective, objective.theta, 1, 500_000)
     gap = torch.tensor(reinforce_variance(1.0, 1.0)) - torch.tensor(reinforce_variance(1.0, 1.1))
     assert (gap.abs() / variance_standard_error(grads)).max().item() > Z_VARIANCE + margin
     z = variance_z(grads, torch.tensor(reinforce_variance(1.0, 1.1), **F64))
