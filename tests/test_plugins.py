@@ -113,9 +113,9 @@ def test_an_entry_point_makes_the_estimator_an_option(tmp_path):
     assert verified.returncode == 0, verified.stderr
     assert json.loads((tmp_path / "cert" / "verify.json").read_text())["estimator"] == "my_plain"
     # Without the package the option does not exist.
-    plain = subprocess.run([*GRADBENCH, "list"], capture_output=True, text=True, check=True,
-                           cwd=tmp_path)  # fmt: skip
-    assert "my_plain" not in plain.stdout.splitlines()[0]
+    plain = subprocess.run([*GRADBENCH, "run", "estimator=my_plain"], capture_output=True,
+                           text=True, cwd=tmp_path)  # fmt: skip
+    assert plain.returncode == 2 and "unknown estimator 'my_plain'" in plain.stderr
 
 
 def test_the_python_example_of_the_docs_runs(tmp_path, monkeypatch, capsys):
