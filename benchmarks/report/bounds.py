@@ -70,7 +70,9 @@ def bound_vs_k(records: pd.DataFrame, limits: Mapping[str, float] | None = None)
             rises to as K grows).
     """
     data, settings = _k_records(records)
-    data = data[np.isfinite(data.get("true_value", pd.Series(dtype=float)))] if len(data) else data
+    if "true_value" not in data:
+        return None
+    data = data[np.isfinite(data["true_value"])]
     if data.empty:
         return None
     keys = ["objective", *settings]
