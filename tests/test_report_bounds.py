@@ -76,3 +76,25 @@ def test_variance_vs_step_draws_each_runs_logged_variance():
     np.testing.assert_allclose(relax.get_ydata(), [-4.0, -4.2, -4.4])
     assert ("bernoulli_threshold", "reinforce") in lines
     assert bounds.variance_vs_step(train.drop(columns="log10_var")) is None
+
+
+def test_the_report_of_a_k_sweep_has_both_k_figures(tmp_path):
+    import torch
+
+    from benchmarks.measure import measure_variance
+    from benchmarks.objectives import LinearGaussian
+    from benchmarks.report import write_report
+    from estimators import IWAE, DReG
+
+    for name, cls in (("iwae", IWAE), ("dreg", DReG)):
+        for k in (1, 4):
+            frame = measure_variance(
+                cls(k=k), LinearGaussian(dtype=torch.float64), estimator_name=name,
+                objective_name="linear_gaussian", n_samples=1, replicates=200, seed=0,
+                warmup_steps=0, timing_min_run_time=0.0,
+            )  # fmt: skip
+            (tmp_path / f"{name}-{k}").mkdir()
+            frame.to_parquet(tmp_path / f"{name}-{k}" / "records.parquet")
+    write_report(tmp_path)
+    for figure in ("variance_vs_k", "bound_vs_k"):
+        assert (tmp_path / "report" / f"{figure}.png").stat().st_size > 0

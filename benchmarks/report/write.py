@@ -12,7 +12,7 @@ from matplotlib.figure import Figure
 
 from benchmarks.collect import REPORT_MARKER, Problem, scan_runs
 from benchmarks.errors import UsageError
-from benchmarks.report import figures
+from benchmarks.report import bounds, figures
 from benchmarks.report.frames import (
     objective_parameters,
     ordered_estimators,
@@ -71,6 +71,18 @@ def figure_specs(records: pd.DataFrame, train: pd.DataFrame) -> list[FigureSpec]
             )
         )
     specs += [
+        spec(
+            "variance_vs_k",
+            "Variance of one gradient estimate against K, the importance samples per "
+            "estimate (log-log).",
+            bounds.variance_vs_k,
+            records,
+        ),
+        FigureSpec(
+            "bound_vs_k",
+            "The bound L_K (= −true_value) against K.",
+            functools.partial(bounds.bound_vs_k, records),
+        ),
         spec(
             "bias",
             "Bias (mean estimate − exact gradient) with ±2 standard errors: an unbiased "
