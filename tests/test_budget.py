@@ -68,6 +68,12 @@ def test_the_finder_sees_a_rate_call(tmp_path):
     assert requested_families(tmp_path) == {"made up": ["test_x.py"]}
 
 
+def test_the_readme_states_the_sum():
+    text = (TESTS.parent / "README.md").read_text()
+    stated = re.search(r"rates\s+sum to ([0-9.e-]+) per run", text)
+    assert stated and float(stated.group(1)) == pytest.approx(sum(FALSE_FAIL_RATES.values()))
+
+
 def test_docs_show_the_same_table():
     documented = documented_rates(DOC.read_text())
     assert documented == FALSE_FAIL_RATES
