@@ -10,11 +10,10 @@ import math
 import pandas as pd
 import pytest
 import torch
-from hydra import compose, initialize_config_dir
-from hydra.core.global_hydra import GlobalHydra
+from hydra import compose
 
 from benchmarks.cli import main
-from benchmarks.config import ConfigError, build, build_cell, config_path
+from benchmarks.config import ConfigError, build, build_cell
 from benchmarks.objectives.data import synthetic
 from benchmarks.objectives.vae import BernoulliVAE, GaussianVAE
 from benchmarks.pictures import MANIFOLD, RECONSTRUCTIONS, SAMPLES
@@ -22,14 +21,6 @@ from benchmarks.settings import TrainSettings
 from tests.stats import mean_z, power_margin, rate, z_threshold
 
 F64 = {"dtype": torch.float64}
-
-
-@pytest.fixture
-def hydra_conf():
-    GlobalHydra.instance().clear()
-    with initialize_config_dir(config_path(), version_base="1.3"):
-        yield
-    GlobalHydra.instance().clear()
 
 
 def widths(mlp):
