@@ -294,7 +294,8 @@ class VAE(ModelObjective):
     def iwae(self, split: str = "test", k: int = 100) -> float:
         """Mean importance-weighted bound ``iwae_terms(k)`` on ``split``: the literature's
         held-out log-likelihood estimate. Batched so that k × batch stays near 2^15 rows."""
-        k = _positive_int("iwae_k", k)
+        if isinstance(k, bool) or not isinstance(k, int) or k < 1:
+            raise ValueError(f"task.iwae_k must be a positive integer, got {k!r}")
         x = self.data.test if split == "test" else self.data.train
         saved = self.x
         chunk = max(1, 2**15 // k)
