@@ -76,6 +76,7 @@ class TrainSettings(MeasureSettings):
         lr: learning rate.
         eval_every: steps between evaluations (variances, held-out ELBO, checkpoint).
         eval_samples: samples per data point of a Monte Carlo held-out ELBO.
+        iwae_k: samples per data point of the held-out importance-weighted bound.
         compile: run each step's loss through ``torch.compile``.
         track: more estimators whose variance is measured at the same parameters.
     """
@@ -84,12 +85,13 @@ class TrainSettings(MeasureSettings):
     lr: float = 0.003
     eval_every: int = 100
     eval_samples: int = 16
+    iwae_k: int = 100
     compile: bool = False
     track: tuple[str, ...] = field(default_factory=tuple)
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        for key in ("steps", "eval_every", "eval_samples"):
+        for key in ("steps", "eval_every", "eval_samples", "iwae_k"):
             value = getattr(self, key)
             if not isinstance(value, int) or value < 1:
                 raise ConfigError(f"task.{key} must be a positive integer, got {value!r}")

@@ -6,14 +6,16 @@ step; plain SGD on a toy's θ, σ kept ≥ 1e-3 by the toy's ``constrain``) runs
 ``parameters()``, each step differentiates ``loss``, and every step adds a row to
 ``train.parquet``:
 
-    step, wall_time_s, loss, train_elbo, heldout_elbo, log10_var, optimality_gap
+    step, wall_time_s, loss, train_elbo, heldout_elbo, heldout_iwae, log10_var, optimality_gap
 
 ``wall_time_s`` is cumulative time spent in training steps only (evaluation is not
 counted), so runs can be compared per second. ``loss`` is the step's minibatch −ELBO
 estimate for a model (from ``n_samples`` fresh draws, outside the timed step) and the exact
 L(θ) for a toy; ``optimality_gap`` is L(θ) − inf L for the objectives that know their
 infimum. ``heldout_elbo`` (test-set ELBO, exact for small Bernoulli latents, otherwise Monte
-Carlo with ``eval_samples`` draws) and ``log10_var`` (the training estimator's gradient
+Carlo with ``eval_samples`` draws), ``heldout_iwae`` (the test-set importance-weighted
+bound with ``iwae_k`` samples, Burda et al. 2016: the literature's held-out log-likelihood
+estimate) and ``log10_var`` (the training estimator's gradient
 variance, ``all`` group for models) are filled every ``eval_every`` steps, when the
 variance of the training estimator (in the state training left it: its moving-average or
 learned baseline) and of every tracked estimator (fresh) is measured at the same
@@ -23,7 +25,9 @@ measurements are returned as the job's records, with a ``step`` column.
 Files: ``train.parquet`` (rewritten atomically at every evaluation, so a killed run keeps
 its progress) and, for objectives with a ``checkpoint()`` (the models), ``checkpoint.pt``
 (the latest ``state_dict``) and ``checkpoints/step-NNNNNNN.pt`` (one per evaluation),
-loadable with ``objective.checkpoint=PATH`` by ``task=variance``.
+loadable with ``objective.checkpoint=PATH`` by ``task=variance``. At the end of training,
+an objective's ``write_pictures`` adds its pictures (a VAE's ``samples.png``,
+``reconstructions.png`` and, for two Gaussian latents, ``manifold.png``).
 """
 
 from __future__ import annotations
@@ -49,7 +53,7 @@ from estimators import Estimator, NotApplicable
 TRAIN = "train.parquet"
 CHECKPOINT = "checkpoint.pt"
 TRAIN_COLUMNS = [
-    "step", "wall_time_s", "loss", "train_elbo", "heldout_elbo", "log10_var",
+    "step", "wall_time_s", "loss", "train_elbo", "heldout_elbo", "heldout_iwae", "log10_var",
     "optimality_gap", "objective", "estimator", "n_samples", "seed", "lr",
 ]  # fmt: skip
 
@@ -112,7 +116,7 @@ def train(
         with torch.random.fork_rng(devices=[]):
             objective.measure_batch()
             torch.manual_seed(seed + 1)
-            row.update(objective.evaluation_row(settings.eval_samples))
+            row.update(objective.evaluation_row(settings.eval_samples, settings.iwae_k))
             truth = objective.truth()
             at_step = dataclasses.replace(settings, seed=seed + step)
             # The training estimator as training left it (its baseline state), on a copy
@@ -172,6 +176,7 @@ def train(
             evaluate(step, row)
             log[-1] = row
     write_parquet_atomic(pd.DataFrame(log, columns=TRAIN_COLUMNS), out / TRAIN)
+    objective.write_pictures(out)
     return pd.DataFrame(log, columns=TRAIN_COLUMNS), pd.concat(records, ignore_index=True)
 
 

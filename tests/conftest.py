@@ -2,6 +2,10 @@
 
 import pytest
 import torch
+from hydra import initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
+
+from benchmarks.config import config_path
 
 
 @pytest.fixture(autouse=True)
@@ -9,3 +13,11 @@ def _fixed_threads():
     # Results must not depend on the thread count; two threads match the CI machine.
     torch.set_num_threads(2)
     yield
+
+
+@pytest.fixture
+def hydra_conf():
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_path(), version_base="1.3"):
+        yield
+    GlobalHydra.instance().clear()

@@ -2,23 +2,13 @@
 
 import pytest
 import torch
-from hydra import compose, initialize_config_dir
+from hydra import compose
 from hydra.core.global_hydra import GlobalHydra
 from hydra.errors import ConfigCompositionException
 from omegaconf.errors import ValidationError
 
-from benchmarks.config import ConfigError, build, config_path
+from benchmarks.config import ConfigError, build
 from estimators import Estimator
-
-CONF = config_path()
-
-
-@pytest.fixture
-def hydra_conf():
-    GlobalHydra.instance().clear()
-    with initialize_config_dir(CONF, version_base="1.3"):
-        yield
-    GlobalHydra.instance().clear()
 
 
 def group_options(group):

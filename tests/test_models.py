@@ -11,11 +11,11 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from hydra import compose, initialize_config_dir
+from hydra import compose
 from hydra.core.global_hydra import GlobalHydra
 
 from benchmarks.cli import main
-from benchmarks.config import build, config_path
+from benchmarks.config import build
 from benchmarks.measure_model import (
     Moments,
     measure_model_variance,
@@ -48,14 +48,6 @@ def _one_thread():
     # These models are tiny and latency-bound: a second torch thread only adds
     # synchronisation. Results do not depend on it.
     torch.set_num_threads(1)
-
-
-@pytest.fixture
-def hydra_conf():
-    GlobalHydra.instance().clear()
-    with initialize_config_dir(config_path(), version_base="1.3"):
-        yield
-    GlobalHydra.instance().clear()
 
 
 def tiny_bernoulli_vae(**kwargs):

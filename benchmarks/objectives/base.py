@@ -59,8 +59,14 @@ class Objective:
         they apply, ``train_elbo`` and ``optimality_gap``."""
         raise NotImplementedError
 
-    def evaluation_row(self, eval_samples: int) -> dict[str, float]:
-        """Columns of the training log filled at evaluation steps only (``heldout_elbo``)."""
+    def evaluation_row(self, eval_samples: int, iwae_k: int = 100) -> dict[str, float]:
+        """Columns of the training log filled at evaluation steps only (``heldout_elbo``
+        from ``eval_samples`` draws per point, ``heldout_iwae`` with ``iwae_k``)."""
+        return {}
+
+    def write_pictures(self, folder) -> dict:
+        """Pictures of the trained objective into ``folder`` at the end of training
+        (a VAE's samples and reconstructions); returns the paths by file name."""
         return {}
 
     def checkpoint(self) -> dict | None:

@@ -88,8 +88,16 @@ class ModelObjective(nn.Module, Objective):
             loss = float(self.batch_loss(n_samples))
         return {"loss": loss, "train_elbo": -loss}
 
-    def evaluation_row(self, eval_samples: int) -> dict[str, float]:
-        return {"heldout_elbo": self.elbo("test", eval_samples)}
+    def iwae(self, split: str = "test", k: int = 100) -> float:
+        """Mean importance-weighted bound with ``k`` samples on a data split (NaN where the
+        model has none)."""
+        return math.nan
+
+    def evaluation_row(self, eval_samples: int, iwae_k: int = 100) -> dict[str, float]:
+        return {
+            "heldout_elbo": self.elbo("test", eval_samples),
+            "heldout_iwae": self.iwae("test", iwae_k),
+        }
 
     def checkpoint(self) -> dict:
         return self.state_dict()
@@ -101,16 +109,44 @@ class ModelObjective(nn.Module, Objective):
         return measure_model_variance(estimator, self, **options, **settings.measure_kwargs())
 
 
+# Hidden-layer activations by config name. LeakyReLU has slope 0.3, as in the nonlinear
+# sigmoid belief nets of REBAR, RELAX and DisARM.
+ACTIVATIONS = {
+    "tanh": torch.tanh,
+    "relu": torch.relu,
+    "leaky_relu": lambda x: torch.nn.functional.leaky_relu(x, 0.3),
+}
+
+
+def check_activation(name) -> str:
+    """``name`` if it is a key of ``ACTIVATIONS``, else a one-line ``ValueError``."""
+    if name not in ACTIVATIONS:
+        raise ValueError(
+            f"objective.activation must be one of {', '.join(ACTIVATIONS)}; got {name!r}"
+        )
+    return name
+
+
 class MLP(nn.Module):
-    """tanh MLP whose weights are stored [in, out], so that per-replicate copies
+    """MLP whose weights are stored [in, out], so that per-replicate copies
     [R, in, out] (biases [R, 1, out]) broadcast in ``torch.matmul`` over inputs
     [..., R, B, in]: one forward pass evaluates R different networks.
 
+    ``sizes`` lists the widths from input to output (``[in, out]``: one linear map); every
+    layer but the last is followed by ``activation`` (a key of ``ACTIVATIONS``).
     Initialised like ``torch.nn.Linear`` (uniform ±1/√in), from ``generator``.
     """
 
-    def __init__(self, sizes: list[int], generator: torch.Generator, device, dtype):
+    def __init__(
+        self,
+        sizes: list[int],
+        generator: torch.Generator,
+        device,
+        dtype,
+        activation: str = "tanh",
+    ):
         super().__init__()
+        self.activation = ACTIVATIONS[check_activation(activation)]
         self.weights = nn.ParameterList()
         self.biases = nn.ParameterList()
         for n_in, n_out in zip(sizes[:-1], sizes[1:], strict=True):
@@ -126,7 +162,7 @@ class MLP(nn.Module):
         if params is None:
             for i in range(last + 1):
                 x = torch.matmul(x, self.weights[i]) + self.biases[i]
-                x = torch.tanh(x) if i < last else x
+                x = self.activation(x) if i < last else x
             return x
         # Replicate r's rows, from every leading index, as one matrix [R, rows, in], so
         # each layer is one batched matmul (broadcasting would copy the weights per row).
@@ -136,7 +172,7 @@ class MLP(nn.Module):
         x = x.reshape(replicates, -1, x.shape[-1])
         for i in range(last + 1):
             x = torch.baddbmm(params[f"biases.{i}"], x, params[f"weights.{i}"])
-            x = torch.tanh(x) if i < last else x
+            x = self.activation(x) if i < last else x
         return x.reshape(*shape, x.shape[-1]).movedim(0, -3)
 
     def replicated(self, replicates: int) -> dict[str, Tensor]:

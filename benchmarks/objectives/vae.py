@@ -1,8 +1,13 @@
 """Variational autoencoders as stochastic objectives: ``vae_bernoulli`` and ``vae_gaussian``.
 
-Both have an MLP encoder (one tanh hidden layer of ``hidden_dim`` units) that maps a
-binary image x [D] to θ, an MLP decoder of the same shape that maps a latent z [L] to the
-logits of Bernoulli pixels, and a fixed prior. Per data point the loss is the negative ELBO
+Both have an MLP encoder (hidden layers of widths ``hidden_dims``, or one of ``hidden_dim``
+units; ``[]`` makes it linear; ``activation`` tanh, relu or leaky_relu) that maps a binary
+image x [D] to θ, an MLP decoder with the same hidden widths in reverse that maps a latent
+z [L] to the logits of Bernoulli pixels, and a prior. The configs ``vae_gaussian_full``
+(D-400-20, ReLU: Kingma & Welling 2014 / PyTorch's example), ``vae_sbn_linear`` and
+``vae_sbn_nonlinear`` (200 Bernoulli latents, linear or 200-200 LeakyReLU hidden layers:
+Tucker et al. 2017, REBAR; Dong et al. 2020, DisARM) give the models of the
+papers. Per data point the loss is the negative ELBO
 
     −ELBO(x) = E_{q(z|x)}[ −log p(x | z) ] + KL(q(z | x) ‖ p(z)),
 
@@ -13,11 +18,17 @@ minibatch loss is the mean of −ELBO(x) over the batch. ``ModelObjective`` in
 ``benchmarks.objectives.model`` states the rest of the model contract.
 
 ``vae_bernoulli``: z ∈ {0,1}^L, q = ∏ Bernoulli(sigmoid(θ_l)) (a sigmoid belief layer),
-prior Bernoulli(½)^L; θ [B, L] are the logits. reparam does not apply. Its exact gradient
-sums over all 2^L latent states (``latent_dim ≤ enumerate_limit``).
+prior Bernoulli(½)^L or, with ``learn_prior``, Bernoulli(sigmoid(η)) with learned logits η
+(their gradient is exact: they enter the analytic KL only); θ [B, L] are the logits.
+reparam does not apply. Its exact gradient sums over all 2^L latent states
+(``latent_dim ≤ enumerate_limit``).
 
 ``vae_gaussian``: z ∈ R^L, q = N(μ, diag σ²), θ [B, 2L] = (μ, log σ), prior N(0, I). Its
 reference gradient is reparam with many samples (``reference_samples`` draws per point).
+
+Held-out evaluation: ``elbo`` and ``iwae`` (the importance-weighted bound of Burda et al.
+2016 with K draws, the literature's test log-likelihood estimate); pictures of a trained
+model: ``write_pictures`` (``benchmarks.pictures``).
 """
 
 from __future__ import annotations
@@ -26,7 +37,7 @@ import math
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor
+from torch import Tensor, nn
 from torch.distributions import Bernoulli, Distribution, Independent, Normal
 
 from benchmarks.objectives.closed_form import binary_states, kl_to_standard_normal
@@ -34,10 +45,12 @@ from benchmarks.objectives.data import Dataset
 from benchmarks.objectives.model import (
     MLP,
     ModelObjective,
+    check_activation,
     choose_true_grad,
     flat,
     load_checkpoint,
 )
+from benchmarks.pictures import write_vae_pictures
 
 
 def _positive_int(name: str, value) -> int:
@@ -46,23 +59,44 @@ def _positive_int(name: str, value) -> int:
     return value
 
 
+def _hidden_dims(hidden_dim, hidden_dims) -> list[int]:
+    """The hidden widths: ``hidden_dims`` when given (``[]``: linear maps), else one layer
+    of ``hidden_dim`` units."""
+    if hidden_dims is None:
+        return [_positive_int("hidden_dim", hidden_dim)]
+    if isinstance(hidden_dims, (str, bytes)) or not hasattr(hidden_dims, "__iter__"):
+        raise ValueError(
+            f"objective.hidden_dims must be a list of positive integers, got {hidden_dims!r}"
+        )
+    widths = list(hidden_dims)
+    if not all(isinstance(w, int) and not isinstance(w, bool) and w >= 1 for w in widths):
+        raise ValueError(
+            f"objective.hidden_dims must be a list of positive integers, got {widths!r}"
+        )
+    return widths
+
+
 class VAE(ModelObjective):
     """Shared machinery of the two VAEs; subclasses set the latent family."""
 
     param_groups = ("encoder", "decoder")
     cost_is_differentiable = True
+    gaussian_latents = False  # a standard-normal prior (what manifold.png needs)
 
     def __init__(
         self,
         data: Dataset,
         latent_dim: int = 8,
         hidden_dim: int = 64,
+        hidden_dims: list[int] | None = None,
+        activation: str = "tanh",
         batch_size: int = 32,
         init_seed: int = 0,
         checkpoint: str | None = None,
         true_grad: str = "auto",
         enumerate_limit: int = 12,
         reference_samples: int = 10000,
+        learn_prior: bool = False,
         device: str | torch.device = "cpu",
         dtype: torch.dtype = torch.float32,
     ):
@@ -70,15 +104,22 @@ class VAE(ModelObjective):
         if not isinstance(data, Dataset):
             raise ValueError(f"objective.data must be a data set (data=digits ...), got {data!r}")
         self.latent_dim = _positive_int("latent_dim", latent_dim)
-        self.hidden_dim = _positive_int("hidden_dim", hidden_dim)
+        self.hidden_dims = _hidden_dims(hidden_dim, hidden_dims)
+        self.activation = check_activation(activation)
         self.batch_size = _positive_int("batch_size", batch_size)
         self.enumerate_limit = int(enumerate_limit)
         self.reference_samples = _positive_int("reference_samples", reference_samples)
+        if not isinstance(learn_prior, bool):
+            raise ValueError(f"objective.learn_prior must be true or false, got {learn_prior!r}")
+        self.learn_prior = learn_prior
         self.data = data.to(device, dtype)
         generator = torch.Generator().manual_seed(int(init_seed))
-        d, h = self.data.dim, self.hidden_dim
-        self.encoder = MLP([d, h, self.theta_dim], generator, device, dtype)
-        self.decoder = MLP([self.latent_dim, h, d], generator, device, dtype)
+        d, hidden = self.data.dim, self.hidden_dims
+        self.encoder = MLP([d, *hidden, self.theta_dim], generator, device, dtype, activation)
+        self.decoder = MLP(
+            [self.latent_dim, *reversed(hidden), d], generator, device, dtype, activation
+        )
+        self._init_prior(device, dtype)
         load_checkpoint(self, checkpoint, device)
         self.true_grad_method = self._choose_true_grad(true_grad)
         # Per-replicate decoder copies while measuring; None means the module's own.
@@ -103,6 +144,17 @@ class VAE(ModelObjective):
         raise NotImplementedError
 
     def _choose_true_grad(self, setting: str) -> str:
+        raise NotImplementedError
+
+    def _init_prior(self, device, dtype) -> None:
+        """Make the prior's parameters, if it has any (called before loading a checkpoint)."""
+        if self.learn_prior:
+            raise ValueError(
+                f"objective.learn_prior applies to vae_bernoulli only, not {self.name}"
+            )
+
+    def prior(self) -> Distribution:
+        """p(z), a distribution over [L] (batch shape [])."""
         raise NotImplementedError
 
     # -- the estimator contract ---------------------------------------------------------
@@ -221,6 +273,76 @@ class VAE(ModelObjective):
         z = self.distribution(theta).sample((n_samples,))
         return self.cost(z).mean(0) + self.kl(theta)
 
+    def log_weights(self, z: Tensor) -> Tensor:
+        """Importance log-weights log p(x, z) − log q(z | x) for the current batch x [B, D]:
+        z [..., B, L] -> [..., B]."""
+        theta = self.encoder(self.x)
+        return -self.cost(z) + self.prior().log_prob(z) - self.distribution(theta).log_prob(z)
+
+    def iwae_terms(self, k: int) -> Tensor:
+        """The importance-weighted bound per data point of the current batch from ``k``
+        fresh draws z_i ~ q(z | x), [B]:
+
+            L_k(x) = log (1/k) Σ_i p(x, z_i) / q(z_i | x)   (Burda et al. 2016, eq. 8).
+
+        Its expectation is ≤ log p(x), ≥ the ELBO (k = 1) and grows with k.
+        """
+        z = self.distribution(self.encoder(self.x)).sample((k,))  # [k, B, L]
+        return torch.logsumexp(self.log_weights(z), dim=0) - math.log(k)
+
+    @torch.no_grad()
+    def iwae(self, split: str = "test", k: int = 100) -> float:
+        """Mean importance-weighted bound ``iwae_terms(k)`` on ``split``: the literature's
+        held-out log-likelihood estimate. Batched so that k × batch stays near 2^15 rows."""
+        if isinstance(k, bool) or not isinstance(k, int) or k < 1:
+            raise ValueError(f"task.iwae_k must be a positive integer, got {k!r}")
+        x = self.data.test if split == "test" else self.data.train
+        saved = self.x
+        chunk = max(1, 2**15 // k)
+        try:
+            values = []
+            for start in range(0, len(x), chunk):
+                self.x = x[start : start + chunk]
+                values.append(self.iwae_terms(k))
+            return float(torch.cat(values).mean())
+        finally:
+            self.x = saved
+
+    # -- pictures -----------------------------------------------------------------------
+    @torch.no_grad()
+    def decode_mean(self, z: Tensor) -> Tensor:
+        """The decoder's pixel probabilities, z [N, L] -> [N, D]."""
+        return torch.sigmoid(self.decoder(z.to(self.data.test.device, self.data.test.dtype)))
+
+    @torch.no_grad()
+    def reconstruct(self, x: Tensor) -> Tensor:
+        """Decoder means at a code of each image x [N, D] (see ``code``), [N, D]."""
+        return self.decode_mean(self.code(self.encoder(x)))
+
+    def code(self, theta: Tensor) -> Tensor:
+        """The latent a reconstruction decodes, from q's parameters θ [N, D_θ]."""
+        raise NotImplementedError
+
+    def write_pictures(self, folder, n_images: int = 50, n_samples: int = 64) -> dict:
+        """``samples.png``, ``reconstructions.png`` and, for two Gaussian latents,
+        ``manifold.png`` (``benchmarks.pictures.write_vae_pictures``) in ``folder``.
+
+        The prior draws come from a fixed seed, so pictures of runs compare draw for draw.
+        """
+        with torch.no_grad(), torch.random.fork_rng(devices=[]):
+            torch.manual_seed(0)
+            draws = self.prior().sample((n_samples,))
+            test = self.data.test[:n_images]
+            return write_vae_pictures(
+                folder,
+                decode_mean=self.decode_mean,
+                prior_draws=draws,
+                test_images=test,
+                reconstructions=self.reconstruct(test),
+                image_shape=self.data.image_shape,
+                gaussian_prior=self.gaussian_latents,
+            )
+
 
 class BernoulliVAE(VAE):
     """VAE with L binary latents (sigmoid belief layer) and a Bernoulli(½)^L prior.
@@ -243,11 +365,46 @@ class BernoulliVAE(VAE):
         """−log p(x | y) with the decoder applied to y ∈ [0, 1]^L: y [..., B, L] -> [..., B]."""
         return self.cost(y)
 
+    def _init_prior(self, device, dtype):
+        # Learned prior logits start at 0, the Bernoulli(½) prior; a fixed prior keeps no
+        # tensor, so checkpoints of either kind hold exactly their model's weights.
+        if self.learn_prior:
+            self.prior_logits = nn.Parameter(
+                torch.zeros(self.latent_dim, device=device, dtype=dtype)
+            )
+        else:
+            self.prior_logits = None
+
+    def prior(self):
+        logits = self.prior_logits
+        if logits is None:
+            logits = torch.zeros(self.latent_dim, device=self.x.device, dtype=self.x.dtype)
+        return Independent(Bernoulli(logits=logits), 1)
+
     def kl(self, theta):
-        # KL(Bern(q) ‖ Bern(½)) = q log q + (1−q) log(1−q) + log 2, with log q = −softplus(−θ).
+        # KL(Bern(q) ‖ Bern(p)) = q (log q − log p) + (1−q)(log(1−q) − log(1−p)), with
+        # log sigmoid(θ) = −softplus(−θ); for p = ½ the prior terms are log 2 each.
         q = torch.sigmoid(theta)
         log_q, log_1mq = -F.softplus(-theta), -F.softplus(theta)
-        return (q * log_q + (1 - q) * log_1mq + math.log(2.0)).sum(-1)
+        if self.prior_logits is None:
+            return (q * log_q + (1 - q) * log_1mq + math.log(2.0)).sum(-1)
+        eta = self.prior_logits
+        log_p, log_1mp = -F.softplus(-eta), -F.softplus(eta)
+        return (q * (log_q - log_p) + (1 - q) * (log_1mq - log_1mp)).sum(-1)
+
+    def code(self, theta):
+        # The most probable latent state under q: decoding it shows what the code holds.
+        return (theta > 0).to(theta.dtype)
+
+    def log_marginal(self, x: Tensor) -> Tensor:
+        """log p(x) = log Σ_z p(x | z) p(z) by summing over all 2^L latent states, [B]."""
+        saved = self.x
+        self.x = x
+        try:
+            states = self.states().unsqueeze(1).expand(-1, len(x), -1)  # [2^L, B, L]
+            return torch.logsumexp(-self.cost(states) + self.prior().log_prob(states), dim=0)
+        finally:
+            self.x = saved
 
     def _choose_true_grad(self, setting):
         ok = self.latent_dim <= self.enumerate_limit
@@ -287,6 +444,7 @@ class GaussianVAE(VAE):
     """
 
     name = "vae_gaussian"
+    gaussian_latents = True
 
     @property
     def theta_dim(self) -> int:
@@ -298,6 +456,13 @@ class GaussianVAE(VAE):
 
     def kl(self, theta):
         return kl_to_standard_normal(*theta.split(self.latent_dim, dim=-1))
+
+    def prior(self):
+        zeros = torch.zeros(self.latent_dim, device=self.x.device, dtype=self.x.dtype)
+        return Independent(Normal(zeros, torch.ones_like(zeros)), 1)
+
+    def code(self, theta):
+        return theta[..., : self.latent_dim]  # the posterior mean μ
 
     def _choose_true_grad(self, setting):
         return choose_true_grad(
