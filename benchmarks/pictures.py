@@ -234,7 +234,7 @@ def _grid_figure(
     mosaic = np.where(np.isnan(mosaic), BACKGROUND, np.clip(mosaic, 0.0, 1.0))
 
     scale = min(1.0, MAX_WIDTH_INCHES / (ncol * CELL_INCHES))
-    margin = (0.5 if row_labels else 0.1, 0.4 if col_labels else 0.1, 0.3 if title else 0.1)
+    margin = (0.65 if row_labels else 0.1, 0.4 if col_labels else 0.1, 0.3 if title else 0.1)
     figure = Figure(
         figsize=(
             mosaic.shape[1] / width * CELL_INCHES * scale + margin[0],
