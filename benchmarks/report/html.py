@@ -10,6 +10,7 @@ import pandas as pd
 
 from benchmarks.collect import Problem, Runs
 from benchmarks.report.frames import not_measured, ordered_objectives
+from benchmarks.report.gallery import gallery_html
 from benchmarks.report.tables import (
     display_table,
     problems_frame,
@@ -28,6 +29,7 @@ td:nth-child(-n+2), th:nth-child(-n+2) { text-align: left; }
 figure { margin: 1.5em 0; } figure img { max-width: 100%; }
 figcaption { font-size: 0.9em; color: #555; }
 .problem { color: #a40000; }
+table.gallery td, table.gallery th { text-align: center; vertical-align: top; }
 """
 
 
@@ -44,6 +46,7 @@ def index_html(
     problems: Sequence[Problem],
     summary: pd.DataFrame | None,
     formats: Sequence[str],
+    pictures: list[tuple[str, dict]] = (),
 ) -> str:
     """The page for the report of ``folder``; links are relative, to files that exist.
 
@@ -53,6 +56,7 @@ def index_html(
         problems: runs and files that could not be used.
         summary: ``summary_table`` of the runs.
         formats: figure formats written besides PNG.
+        pictures: the VAE pictures copied into the report, per run (``gallery``).
     """
     e = html.escape
     records = runs.records
@@ -81,6 +85,7 @@ def index_html(
             f'<figure id="{e(name)}"><img src="{e(name)}.png" alt="{e(name)}">'
             f"<figcaption>{e(caption)} {extra}</figcaption></figure>"
         )
+    body += gallery_html(list(pictures))
     if summary is not None and len(summary):
         body += ["<h2>Summary</h2>", f"<p>{e(threshold_sentence(summary))}</p>"]
         table = display_table(summary)

@@ -19,6 +19,7 @@ from benchmarks.report.frames import (
     training_records,
     variance_records,
 )
+from benchmarks.report.gallery import copy_pictures
 from benchmarks.report.html import index_html
 from benchmarks.report.style import estimator_styles
 from benchmarks.report.tables import summary_markdown, summary_table
@@ -191,9 +192,11 @@ def write_report(folder: str | Path, formats: Sequence[str] = (), dpi: int = 150
         report.figures.append(spec.name)
         captions[spec.name] = spec.caption
 
+    pictures = copy_pictures(folder, runs.train, out)
+    report.files += [name for _, found in pictures for name in found.values()]
     page = index_html(
         folder, runs, files=report.files, figures=captions, problems=report.problems,
-        summary=summary, formats=formats,
+        summary=summary, formats=formats, pictures=pictures,
     )  # fmt: skip
     (out / "index.html").write_text(page)
     report.files.append("index.html")
