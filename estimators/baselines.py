@@ -27,6 +27,9 @@ class Baseline:
     def check(self, n_samples: int) -> None:
         """Raise ``NotApplicable`` if this baseline cannot work with ``n_samples``."""
 
+    def check_objective(self, objective: StochasticObjective) -> None:
+        """Raise ``NotApplicable`` if this baseline cannot work with ``objective``."""
+
     def reset(self) -> None:
         """Forget state carried across calls."""
 
@@ -134,29 +137,54 @@ class OptimalConstant(Baseline):
 
 
 class Learned(Baseline):
-    """b_ψ(θ): a small MLP of the distribution's parameters, fitted online to the costs.
+    """b_ψ(θ) or b_ψ(x): a small MLP, fitted online to the costs.
 
-    For a model θ is the encoder's output for a data point, so b is a function of the
-    input x, as in NVIL's input-dependent baseline (Mnih & Gregor 2014); on a toy it is a
-    learned constant. Each call first computes b for the current samples, then takes
-    ``steps`` Adam steps on mean_i (f(x_i) − b_ψ(θ))² using them, so b never depends on the
-    samples it multiplies: unbiased. Like the moving average it needs warm-up calls (a
-    training run) to be useful; its output starts at the first call's mean cost.
+    With ``inputs="theta"`` it sees the distribution's parameters: for a model θ is the
+    encoder's output for a data point, a function of the input; on a toy it is a learned
+    constant. With ``inputs="x"`` it sees the data point itself (the objective's
+    ``baseline_inputs``, a VAE's minibatch [B, D]), as NVIL's input-dependent baseline is
+    defined (Mnih & Gregor 2014, §3.1). Each call first computes b for the current
+    samples, then takes ``steps`` Adam steps on mean_i (f(x_i) − b_ψ)² using them, so b
+    never depends on the samples it multiplies: unbiased. Like the moving average it needs
+    warm-up calls (a training run) to be useful; its output starts at the first call's mean
+    cost.
 
     Args:
         hidden: width of the MLP's hidden layer.
         lr: Adam's learning rate for ψ.
         steps: optimisation steps per call.
+        inputs: what the MLP sees: ``"theta"`` (the distribution's parameters) or ``"x"``
+            (the objective's data inputs).
     """
 
-    def __init__(self, hidden: int = 32, lr: float = 0.01, steps: int = 1):
+    INPUTS = ("theta", "x")
+
+    def __init__(self, hidden: int = 32, lr: float = 0.01, steps: int = 1, inputs: str = "theta"):
         if hidden < 1 or steps < 0 or not lr > 0:
             raise ValueError(
                 f"learned baseline needs hidden >= 1, steps >= 0 and lr > 0; "
                 f"got hidden={hidden}, steps={steps}, lr={lr}"
             )
-        self.hidden, self.lr, self.steps = hidden, lr, steps
+        if inputs not in self.INPUTS:
+            raise ValueError(
+                f"estimator.baseline.inputs must be one of {', '.join(self.INPUTS)}; got {inputs!r}"
+            )
+        self.hidden, self.lr, self.steps, self.inputs = hidden, lr, steps, inputs
         self.reset()
+
+    def check_objective(self, objective) -> None:
+        if self.inputs == "x" and getattr(objective, "baseline_inputs", None) is None:
+            raise NotApplicable(
+                "a learned baseline with inputs=x needs an objective with data inputs "
+                "(baseline_inputs, as the VAEs have)"
+            )
+
+    def _features(self, objective, theta: Tensor) -> Tensor:
+        """What the MLP sees, [*batch, features]."""
+        if self.inputs == "theta":
+            return theta.detach()
+        data = objective.baseline_inputs.to(theta.dtype)  # [B, D]
+        return data.expand(*theta.shape[:-1], data.shape[-1])
 
     def reset(self) -> None:
         self.net: torch.nn.Module | None = None
@@ -173,7 +201,7 @@ class Learned(Baseline):
         self.optimizer = torch.optim.Adam(self.net.parameters(), lr=self.lr)
 
     def __call__(self, objective, theta, x, f):
-        theta = theta.detach()
+        theta = self._features(objective, theta)
         if self.net is None:
             self._build(theta, f)
         with torch.enable_grad():

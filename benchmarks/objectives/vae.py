@@ -159,6 +159,11 @@ class VAE(ModelObjective):
 
     # -- the estimator contract ---------------------------------------------------------
     @property
+    def baseline_inputs(self) -> Tensor:
+        """The current minibatch [B, D]: what an input-dependent baseline b(x) sees."""
+        return self.x
+
+    @property
     def theta(self) -> Tensor:
         """Encoder output for the current minibatch, detached, [B, D_θ]."""
         with torch.no_grad():
