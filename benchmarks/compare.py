@@ -34,6 +34,7 @@ import numpy as np
 import pandas as pd
 
 from benchmarks.errors import UsageError
+from benchmarks.significance import bonferroni_z
 from benchmarks.storage import write_atomic
 
 KEY = ["run_dir", "param"]
@@ -138,7 +139,7 @@ def compare_records(
     b, n = side["_b"], side["_n"]
     m = max(len(merged), 1)
     ratio, low, high, method, p = _variance_test(b, n, max_variance_ratio, confidence)
-    z_cut = NormalDist().inv_cdf(1 - false_alarm / (2 * m))
+    z_cut = bonferroni_z(false_alarm, m)
     z_base = (b["bias"] / b["bias_se"]).to_numpy(float)
     z_new = (n["bias"] / n["bias_se"]).to_numpy(float)
     exact = np.isfinite(n["true_grad"].to_numpy(float))

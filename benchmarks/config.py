@@ -42,10 +42,15 @@ TASK_SETTINGS: dict[str, type[MeasureSettings]] = {
 }
 
 
+# conf/ of a source checkout or editable install; a regular install has it as the package
+# data benchmarks/conf (pyproject.toml maps one onto the other).
+SOURCE_CONF = Path(__file__).resolve().parent.parent / "conf"
+INSTALLED_CONF = Path(__file__).resolve().parent / "conf"
+
+
 def config_path() -> str:
     """The conf/ folder of a source checkout or editable install, else the installed copy."""
-    source = Path(__file__).resolve().parent.parent / "conf"
-    return str(source) if (source / "config.yaml").is_file() else "pkg://benchmarks.conf"
+    return str(SOURCE_CONF) if (SOURCE_CONF / "config.yaml").is_file() else "pkg://benchmarks.conf"
 
 
 def hydra_context():
@@ -96,8 +101,8 @@ def register_entry_point_estimators() -> list[str]:
     """
     from importlib.metadata import entry_points
 
-    shipped = {p.stem for p in (Path(__file__).resolve().parent.parent / "conf" / "estimator")
-               .glob("*.yaml")}  # fmt: skip
+    conf = SOURCE_CONF if (SOURCE_CONF / "config.yaml").is_file() else INSTALLED_CONF
+    shipped = {p.stem for p in (conf / "estimator").glob("*.yaml")}
     names = []
     for point in entry_points(group=ENTRY_POINT_GROUP):
         if point.name in shipped:

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from benchmarks.significance import bonferroni_z
 from benchmarks.storage import RECORDS, status_kind
 
 
@@ -37,8 +38,6 @@ def bias_notes(records: pd.DataFrame) -> list[str]:
     """One line per coordinate where an estimator that claims to be unbiased has a mean many
     standard errors from the exact gradient (two-sided z-test, Bonferroni over the rows at
     family-wise rate ``BIAS_NOTE_RATE``)."""
-    from statistics import NormalDist
-
     claimed = records["unbiased"].fillna(False).astype(bool) if "unbiased" in records else False
     rows = records[
         claimed & (records["status"] == "ok") & records["true_grad"].notna()
@@ -46,7 +45,7 @@ def bias_notes(records: pd.DataFrame) -> list[str]:
     ]  # fmt: skip
     if rows.empty:
         return []
-    threshold = NormalDist().inv_cdf(1 - BIAS_NOTE_RATE / (2 * len(rows)))
+    threshold = bonferroni_z(BIAS_NOTE_RATE, len(rows))
     z = rows["bias"] / rows["bias_se"]
     return [
         f"note: {r.estimator} claims to be unbiased, but its mean for {r.param} is "

@@ -38,6 +38,7 @@ from benchmarks.objectives import (
     GaussianQuadratic,
 )
 from benchmarks.objectives.toy import BernoulliShared
+from benchmarks.significance import bonferroni_z
 from benchmarks.storage import write_atomic
 from estimators import Estimator, NotApplicable, estimate_gradient, replicate_gradients
 
@@ -186,7 +187,7 @@ def verify(
                 cell.reference_variances = {k: [v / n for v in vs] for k, vs in refs.items()}
             cells.append(cell)
     tested = sum(len(c.z) for c in cells)
-    threshold = NormalDist().inv_cdf(1 - false_fail / (2 * max(tested, 1)))
+    threshold = bonferroni_z(false_fail, tested)
     z_power = NormalDist().inv_cdf(power)
     for c in cells:
         if not c.z:

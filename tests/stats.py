@@ -22,6 +22,7 @@ from statistics import NormalDist
 import torch
 
 from benchmarks.measure import variance_standard_error
+from benchmarks.significance import bonferroni_z
 from estimators import Estimator
 
 SUITE_BUDGET = 1e-3
@@ -79,7 +80,7 @@ def power_margin(miss_rate: float) -> float:
 
 def z_threshold(false_fail_rate: float, n_tests: int) -> float:
     """|z| above which a two-sided test rejects, Bonferroni over ``n_tests`` tests."""
-    return NormalDist().inv_cdf(1 - false_fail_rate / (2 * n_tests))
+    return bonferroni_z(false_fail_rate, n_tests)
 
 
 def mean_z(samples: torch.Tensor, expected: torch.Tensor) -> torch.Tensor:

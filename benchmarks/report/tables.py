@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from statistics import NormalDist
 
 import numpy as np
 import pandas as pd
@@ -27,6 +26,7 @@ from benchmarks.report.frames import (
     pool,
     train_value_column,
 )
+from benchmarks.significance import bonferroni_z
 from benchmarks.summaries import swept_columns
 
 # Family-wise false-flag rate of the "bias is significant" column, over the rows of a table
@@ -36,7 +36,7 @@ FAMILY_WISE_RATE = 0.05
 
 def bias_threshold(n_tests: int, rate: float = FAMILY_WISE_RATE) -> float:
     """|bias| / se above which a row is flagged: two-sided, Bonferroni over ``n_tests`` rows."""
-    return NormalDist().inv_cdf(1 - rate / (2 * max(n_tests, 1)))
+    return bonferroni_z(rate, n_tests)
 
 
 def summary_table(records: pd.DataFrame) -> pd.DataFrame:
