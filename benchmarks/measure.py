@@ -18,7 +18,13 @@ from torch import Tensor
 from tqdm import tqdm
 
 from benchmarks.settings import check_sizes
-from estimators import Estimator, NotApplicable, estimate_gradient, replicate_gradients
+from estimators import (
+    Estimator,
+    NotApplicable,
+    bound_k,
+    estimate_gradient,
+    replicate_gradients,
+)
 from estimators.base import is_importance_weighted
 
 RECORD_COLUMNS = [
@@ -27,8 +33,13 @@ RECORD_COLUMNS = [
     "time_per_estimate_s", "measure_time_s", "status",
     # Beyond the contract.
     "param_value", "true_value", "unbiased", "snr", "log10_var", "work_normalized_var",
-    "z_bias", "n_finite", "var_grad_se", "device", "dtype", "torch_version", "k",
+    "z_bias", "n_finite", "var_grad_se", "device", "dtype", "torch_version", "k", "bound",
 ]  # fmt: skip
+
+
+def bound_name(k: int) -> str:
+    """The ``bound`` column: which loss the gradient is of, ``elbo`` or ``L_K`` (K > 1)."""
+    return "elbo" if k == 1 else f"L_{k}"
 
 
 def environment_columns(device, dtype) -> dict[str, str]:
@@ -132,8 +143,9 @@ def measure_variance(
     device = theta.device
     # K: importance samples per estimate (1 for single-sample estimators). The truth of an
     # importance-weighted objective is that of the bound L_K the estimator targets.
-    bound_k = getattr(estimator, "k", 1)
-    at_k = {"k": bound_k} if is_importance_weighted(objective) else {}
+    k_bound = bound_k(estimator)
+    iw = is_importance_weighted(objective)
+    at_k = {"k": k_bound} if iw else {}
     true_grad = objective.true_grad(**at_k).cpu()
     true_value = float(objective.exact_value(theta, **at_k))
     d = theta.shape[-1]
@@ -207,6 +219,7 @@ def measure_variance(
             "n_finite": stats["n_finite"],
             "var_grad_se": float(stats["var_se"][k]),
             **environment_columns(device, theta.dtype),
-            "k": bound_k,
+            "k": k_bound,
+            "bound": bound_name(k_bound) if iw else None,
         })  # fmt: skip
     return pd.DataFrame(rows, columns=RECORD_COLUMNS)

@@ -34,13 +34,14 @@ from torch import Tensor
 
 from benchmarks.measure import (
     RECORD_COLUMNS,
+    bound_name,
     environment_columns,
     nonfinite_status,
     synchronize,
     time_call,
 )
 from benchmarks.settings import check_sizes
-from estimators import Estimator, NotApplicable, Reparameterization
+from estimators import IWAE, Estimator, NotApplicable, Reparameterization, bound_k
 
 MODEL_COLUMNS = [
     *RECORD_COLUMNS,
@@ -103,7 +104,8 @@ def replicate_moments(
     replicate with any non-finite coordinate is counted; with ``drop_nonfinite`` it is left
     out of the moments, otherwise it enters them (and makes them non-finite).
     """
-    per_chunk = max(1, max_rows // (n_samples * n_points(objective)))
+    rows = n_samples * bound_k(estimator) * n_points(objective)  # K draws per estimate
+    per_chunk = max(1, max_rows // rows)
     moments = {group: Moments() for group in objective.param_groups}
     n_finite = 0
     for start in range(0, replicates, per_chunk):
@@ -116,27 +118,35 @@ def replicate_moments(
     return moments, n_finite
 
 
-def true_gradient(objective) -> tuple[dict[str, Tensor] | None, dict[str, Tensor] | None]:
-    """(gradient, its standard error) per group, as ``objective.true_grad_method`` says.
+def true_gradient(
+    objective, k: int = 1
+) -> tuple[dict[str, Tensor] | None, dict[str, Tensor] | None]:
+    """(gradient, its standard error) per group of the loss −L_K (−ELBO at K = 1), as
+    ``objective.true_grad_method`` says.
 
     ``exact``: the objective's own (enumeration, quadrature), standard error 0.
-    ``reference``: reparam from ``objective.reference_samples`` draws per data point, in
-    replicates of ``REFERENCE_CHUNK`` draws; standard error from their spread.
+    ``reference``: reparam (IWAE's reparameterised gradient of L_K for K > 1) from
+    ``objective.reference_samples`` draws per data point, that is reference_samples / K
+    estimates, in replicates of up to ``REFERENCE_CHUNK`` estimates; standard error from
+    their spread.
     ``none``: (None, None).
     """
     method = objective.true_grad_method
     if method == "exact":
-        exact = {k: v.detach().to(torch.float64) for k, v in objective.exact_gradient().items()}
-        return exact, {k: torch.zeros_like(v) for k, v in exact.items()}
+        grads = objective.exact_gradient() if k == 1 else objective.exact_gradient(k)
+        exact = {g: v.detach().to(torch.float64) for g, v in grads.items()}
+        return exact, {g: torch.zeros_like(v) for g, v in exact.items()}
     if method == "reference":
-        n = min(REFERENCE_CHUNK, objective.reference_samples)
-        replicates = max(2, objective.reference_samples // n)
+        reference = Reparameterization() if k == 1 else IWAE(k=k)
+        estimates = max(2, objective.reference_samples // k)
+        n = min(REFERENCE_CHUNK, estimates)
+        replicates = max(2, estimates // n)
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(12345)
-            moments, _ = replicate_moments(Reparameterization(), objective, n, replicates)
+            moments, _ = replicate_moments(reference, objective, n, replicates)
         return (
-            {k: m.mean for k, m in moments.items()},
-            {k: (m.var / m.count).sqrt() for k, m in moments.items()},
+            {g: m.mean for g, m in moments.items()},
+            {g: (m.var / m.count).sqrt() for g, m in moments.items()},
         )
     return None, None
 
@@ -170,7 +180,8 @@ def measure_model_variance(
 
     Args:
         truth: a precomputed ``true_gradient(objective)``, to share it between estimators
-            measured at the same parameters.
+            measured at the same parameters; it is the ELBO's, so a multi-sample estimator
+            with K > 1 computes the truth of its own L_K instead.
         step: the training step the parameters come from (None at initialisation or for
             a loaded checkpoint), recorded in the ``step`` column.
         reset: forget the estimator's state first (moving averages, learned baselines);
@@ -184,6 +195,7 @@ def measure_model_variance(
     device = theta.device
     params = [p for p in objective.parameters() if p.requires_grad]
     groups = [*objective.param_groups, "all"]
+    k = bound_k(estimator)
 
     def one_estimate():
         return torch.autograd.grad(objective.loss(estimator, n_samples), params)
@@ -199,7 +211,9 @@ def measure_model_variance(
         status = f"skipped: {reason}"
         true, true_se = None, None
     else:
-        true, true_se = truth if truth is not None else true_gradient(objective)
+        if truth is None or k > 1:
+            truth = true_gradient(objective, k)
+        true, true_se = truth
         for _ in range(warmup_steps):
             one_estimate()
         synchronize(device)
@@ -234,6 +248,7 @@ def measure_model_variance(
             "status": status, "unbiased": estimator.unbiased, "n_finite": stats["n_finite"],
             **environment_columns(device, theta.dtype),
             "true_grad_method": objective.true_grad_method, "step": step,
+            "k": k, "bound": bound_name(k),
         }  # fmt: skip
         row.update(dict.fromkeys(
             ("true_grad", "mean_grad", "var_grad", "bias", "bias_se", "true_grad_se", "snr",

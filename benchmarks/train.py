@@ -6,13 +6,16 @@ step; plain SGD on a toy's θ, σ kept ≥ 1e-3 by the toy's ``constrain``) runs
 ``parameters()``, each step differentiates ``loss``, and every step adds a row to
 ``train.parquet``:
 
-    step, wall_time_s, loss, train_elbo, heldout_elbo, heldout_iwae, log10_var, optimality_gap
+    step, wall_time_s, loss, train_elbo, heldout_elbo, heldout_iwae, log10_var, optimality_gap,
+    k, bound
 
 ``wall_time_s`` is cumulative time spent in training steps only (evaluation is not
 counted), so runs can be compared per second. ``loss`` is the step's minibatch −ELBO
 estimate for a model (from ``n_samples`` fresh draws, outside the timed step) and the exact
-L(θ) for a toy; ``optimality_gap`` is L(θ) − inf L for the objectives that know their
-infimum. ``heldout_elbo`` (test-set ELBO, exact for small Bernoulli latents, otherwise Monte
+L(θ) for a toy; for a multi-sample estimator (``estimator.k`` = K) the loss trained and
+logged is −L_K, its K in ``k`` and the bound's name in ``bound`` (``elbo``, ``L_K``), while
+``train_elbo`` stays the ELBO; ``optimality_gap`` is L(θ) − inf L for the objectives that
+know their infimum. ``heldout_elbo`` (test-set ELBO, exact for small Bernoulli latents, otherwise Monte
 Carlo with ``eval_samples`` draws), ``heldout_iwae`` (the test-set importance-weighted
 bound with ``iwae_k`` samples, Burda et al. 2016: the literature's held-out log-likelihood
 estimate) and ``log10_var`` (the training estimator's gradient
@@ -45,16 +48,17 @@ import pandas as pd
 import torch
 from tqdm import tqdm
 
+from benchmarks.measure import bound_name
 from benchmarks.objectives.base import Objective
 from benchmarks.settings import TrainSettings
 from benchmarks.storage import write_parquet_atomic
-from estimators import Estimator, NotApplicable
+from estimators import Estimator, NotApplicable, bound_k
 
 TRAIN = "train.parquet"
 CHECKPOINT = "checkpoint.pt"
 TRAIN_COLUMNS = [
     "step", "wall_time_s", "loss", "train_elbo", "heldout_elbo", "heldout_iwae", "log10_var",
-    "optimality_gap", "objective", "estimator", "n_samples", "seed", "lr",
+    "optimality_gap", "objective", "estimator", "n_samples", "seed", "lr", "k", "bound",
 ]  # fmt: skip
 
 
@@ -100,6 +104,7 @@ def train(
     estimator.reset()
     estimator.check(objective, objective.theta, n_samples)  # NotApplicable: the cell is skipped
     optimizer = objective.optimizer_class(objective.parameters(), lr=settings.lr)
+    k = bound_k(estimator)  # the loss trained and logged is −L_K (−ELBO at K = 1)
 
     def step_loss():
         return objective.loss(estimator, n_samples)
@@ -168,9 +173,9 @@ def train(
         row = dict.fromkeys(TRAIN_COLUMNS, math.nan)
         row.update(
             step=step, wall_time_s=wall, objective=objective_name, estimator=estimator_name,
-            n_samples=n_samples, seed=seed, lr=settings.lr,
+            n_samples=n_samples, seed=seed, lr=settings.lr, k=k, bound=bound_name(k),
         )  # fmt: skip
-        row.update(objective.step_row(n_samples))
+        row.update(objective.step_row(n_samples, k))
         log.append(row)
         if step % settings.eval_every == 0 or step == steps:
             evaluate(step, row)

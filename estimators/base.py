@@ -53,7 +53,11 @@ the ELBO, and L_K rises to log p(x) as K grows. K is the estimator's setting ``k
 one estimate from its own K samples. The loss is −L_K: these surrogates' gradients
 estimate ∇θ(−L_K), as every surrogate here estimates the gradient of a loss to minimise.
 An objective that knows its bound exactly takes K in ``exact_value(theta, k=...)`` and
-``true_grad(k=...)``: the truth a measurement compares with is that of the estimator's K.
+``true_grad(k=...)``: the truth a measurement compares with is that of the estimator's K
+(``bound_k(estimator)``; 1 for single-sample estimators, whose loss is the ELBO's).
+A multi-sample surrogate is the whole loss −L_K, prior and entropy included: a model
+that adds an analytic KL to single-sample surrogates (the VAEs) adds none to these
+(``Estimator.importance_weighted`` says which kind a surrogate is).
 
 Measuring. ``replicate_gradients`` turns a surrogate into ``replicates`` independent
 gradient estimates with one forward and one backward pass: ``theta`` is copied once per
@@ -108,6 +112,9 @@ class Estimator(abc.ABC):
     """
 
     unbiased: bool = True
+    # Whether the surrogate estimates the loss −L_K of an ImportanceWeightedObjective (its
+    # K in ``k``) rather than E_{p_θ}[f].
+    importance_weighted: bool = False
 
     def check(self, objective: StochasticObjective, theta: Tensor, n_samples: int) -> None:
         """Raise ``NotApplicable`` with a one-sentence reason if this cannot be estimated."""
@@ -120,6 +127,12 @@ class Estimator(abc.ABC):
 
     def reset(self) -> None:  # noqa: B027 - most estimators are stateless
         """Forget state carried across calls (moving averages, learned baselines)."""
+
+
+def bound_k(estimator: Estimator) -> int:
+    """K of the bound L_K whose gradient ``estimator`` estimates: its ``k`` for a
+    multi-sample estimator, 1 (the ELBO) for any other."""
+    return estimator.k if getattr(estimator, "importance_weighted", False) else 1
 
 
 def estimate_gradient(

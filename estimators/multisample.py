@@ -21,6 +21,7 @@ import math
 
 import torch
 from torch import Tensor
+from torch.distributions import Independent
 
 from estimators.base import Estimator, NotApplicable, is_importance_weighted
 
@@ -40,6 +41,7 @@ class _ImportanceWeighted(Estimator):
     """Shared settings and checks: K, the objective's kind, and q's reparameterisation."""
 
     name = ""
+    importance_weighted = True
     needs_rsample = True
     min_k = 1
 
@@ -57,8 +59,11 @@ class _ImportanceWeighted(Estimator):
         if self.needs_rsample:
             dist = objective.distribution(theta.detach())
             if not dist.has_rsample:
+                kind = type(dist).__name__
+                if isinstance(dist, Independent):
+                    kind = f"Independent({type(dist.base_dist).__name__})"
                 raise NotApplicable(
-                    f"{self.name} needs a reparameterisable q; {type(dist).__name__} is not"
+                    f"{self.name} needs a reparameterisable q; {kind} is not (vimco takes any q)"
                 )
 
     def _fixed_q_log_weights(self, objective, theta: Tensor, n_samples: int):

@@ -54,9 +54,13 @@ class Objective:
     def measure_batch(self) -> None:
         """Go back to the fixed minibatch on which variances are measured."""
 
-    def step_row(self, n_samples: int) -> dict[str, float]:
+    def step_row(self, n_samples: int, k: int = 1) -> dict[str, float]:
         """Columns of the training log at the current parameters: ``loss`` and, where
-        they apply, ``train_elbo`` and ``optimality_gap``."""
+        they apply, ``train_elbo`` and ``optimality_gap``.
+
+        ``k``: the K of the bound the training estimator optimises
+        (``estimators.bound_k``); the loss logged is −L_K, −ELBO at K = 1.
+        """
         raise NotImplementedError
 
     def evaluation_row(self, eval_samples: int, iwae_k: int = 100) -> dict[str, float]:

@@ -71,10 +71,21 @@ class BernoulliLatent(ImportanceWeightedToy):
         theta = theta.to(torch.float64)
         states = self.states(theta.dtype)
         log_q = self.distribution(theta.unsqueeze(-2)).log_prob(states)  # [*batch, 2^B]
-        log_p = self.log_marginal()
-        log_w = self.log_joint(states) - log_q - log_p  # log w/p(x)
-        if k == 1:
-            return -(log_p + (log_q.exp() * log_w).sum(-1)).to(dtype)
-        # φ(u) ≤ exp(−u · min w/p(x)): past τ = log 35 − min log(w/p(x)) it is below e^{−35}.
-        tau_max = max(40.0, 4.0 - float(log_w.detach().min()))
-        return -(log_p + log_mean_bound(log_w, log_q.exp(), k, tau_max)).to(dtype)
+        log_joint = self.log_joint(states).expand_as(log_q)
+        return -enumerated_bound(log_joint, log_q, k).to(dtype)
+
+
+def enumerated_bound(log_joint: Tensor, log_q: Tensor, k: int) -> Tensor:
+    """L_K of a discrete q, exact, from log p(x, z) and log q(z) at every state z:
+    [*batch, S] -> [*batch]; differentiable in both.
+
+    K = 1: Σ_z q(z) (log p(x, z) − log q(z)). K > 1: log p(x) plus the Frullani integral
+    ``log_mean_bound`` of s = w / p(x), whose law is (s(z), q(z)) over the S states.
+    """
+    if k == 1:
+        return (log_q.exp() * (log_joint - log_q)).sum(-1)
+    log_p = torch.logsumexp(log_joint, -1, keepdim=True)  # log p(x)
+    log_w = log_joint - log_q - log_p  # log w/p(x)
+    # φ(u) ≤ exp(−u · min w/p(x)): past τ = log 35 − min log(w/p(x)) it is below e^{−35}.
+    tau_max = max(40.0, 4.0 - float(log_w.detach().min()))
+    return log_p.squeeze(-1) + log_mean_bound(log_w, log_q.exp(), k, tau_max)

@@ -74,8 +74,9 @@ class ModelObjective(nn.Module, Objective):
         ``exact`` (by enumeration or quadrature)."""
         raise NotImplementedError
 
-    def batch_loss(self, n_samples: int) -> Tensor:
-        """The −ELBO of the current minibatch (exact where it can be, else Monte Carlo)."""
+    def batch_loss(self, n_samples: int, k: int = 1) -> Tensor:
+        """The −ELBO of the current minibatch (exact where it can be, else Monte Carlo);
+        −L_K with ``k`` > 1, for models with a ``log_joint`` (the VAEs)."""
         raise NotImplementedError
 
     def elbo(self, split: str = "test", n_samples: int = 16) -> float:
@@ -83,10 +84,11 @@ class ModelObjective(nn.Module, Objective):
         raise NotImplementedError
 
     # -- the tasks' interface (benchmarks.objectives.base.Objective) ----------------------
-    def step_row(self, n_samples: int) -> dict[str, float]:
+    def step_row(self, n_samples: int, k: int = 1) -> dict[str, float]:
         with torch.no_grad():
-            loss = float(self.batch_loss(n_samples))
-        return {"loss": loss, "train_elbo": -loss}
+            elbo = -float(self.batch_loss(n_samples))
+            loss = -elbo if k == 1 else float(self.batch_loss(n_samples, k))
+        return {"loss": loss, "train_elbo": elbo}
 
     def iwae(self, split: str = "test", k: int = 100) -> float:
         """Mean importance-weighted bound with ``k`` samples on a data split (NaN where the

@@ -68,8 +68,8 @@ class ToyObjective(Objective):
     def constrain(self) -> None:
         self.theta = self._trained.detach().clone()
 
-    def step_row(self, n_samples: int) -> dict[str, float]:
-        loss = float(self.exact_value(self.theta))
+    def step_row(self, n_samples: int, k: int = 1) -> dict[str, float]:
+        loss = float(self.exact_value(self.theta, k) if k > 1 else self.exact_value(self.theta))
         return {"loss": loss, "optimality_gap": loss - self.infimum}
 
     def measure(

@@ -26,6 +26,17 @@ reparam does not apply. Its exact gradient sums over all 2^L latent states
 ``vae_gaussian``: z ∈ R^L, q = N(μ, diag σ²), θ [B, 2L] = (μ, log σ), prior N(0, I). Its
 reference gradient is reparam with many samples (``reference_samples`` draws per point).
 
+Multi-sample estimators (IWAE, STL, DReG, VIMCO; ``estimators.multisample``) see each VAE
+as an ``estimators.ImportanceWeightedObjective``: ``log_joint(z) = log p(x | z) + log p(z)``
+for the current batch, q(z | x) as ``distribution(theta)``. Their surrogate is the whole
+loss −L_K(x) per data point, so no KL is added to it; the minibatch loss is the mean of
+−L_K(x), K the estimator's ``k``, and its gradient is measured and trained for encoder and
+decoder alike (the decoder's through ``log_joint``). The truth for K > 1: exact for
+``vae_bernoulli`` within ``enumerate_limit`` (the Frullani integral of
+``benchmarks.objectives.bernoulli_latent`` over the 2^L states), and for ``vae_gaussian``
+IWAE's own gradient from ``reference_samples`` draws per data point (``reference_samples / K``
+estimates of K), with its standard error.
+
 Held-out evaluation: ``elbo`` and ``iwae`` (the importance-weighted bound of Burda et al.
 2016 with K draws, the literature's test log-likelihood estimate); pictures of a trained
 model: ``write_pictures`` (``benchmarks.pictures``).
@@ -40,6 +51,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.distributions import Bernoulli, Distribution, Independent, Normal
 
+from benchmarks.objectives.bernoulli_latent import enumerated_bound
 from benchmarks.objectives.closed_form import binary_states, kl_to_standard_normal
 from benchmarks.objectives.data import Dataset
 from benchmarks.objectives.model import (
@@ -175,14 +187,22 @@ class VAE(ModelObjective):
         # −log Bernoulli(x; sigmoid(l)) = softplus(l) − x·l, summed over pixels.
         return (F.softplus(logits) - self.x * logits).sum(-1)
 
+    def log_joint(self, z: Tensor) -> Tensor:
+        """log p(x, z) = log p(x | z) + log p(z) for the current batch x [B, D]:
+        z [..., B, L] -> [..., B] (the ``estimators.ImportanceWeightedObjective`` contract)."""
+        return self.prior().log_prob(z) - self.cost(z)
+
     # -- training and measurement -------------------------------------------------------
     def measure_batch(self) -> None:
         """Go back to the fixed minibatch on which variances are measured."""
         self.x = self.fixed_x
 
-    def batch_loss(self, n_samples: int) -> Tensor:
-        """Minibatch −ELBO (exact where the latents enumerate, else from n_samples draws)."""
-        return self._elbo_terms(n_samples).mean()
+    def batch_loss(self, n_samples: int, k: int = 1) -> Tensor:
+        """Minibatch −L_K, −ELBO at K = 1 (exact where the latents enumerate, else the
+        mean of n_samples estimates)."""
+        if k == 1:
+            return self._elbo_terms(n_samples).mean()
+        return -self._bound_terms(n_samples, k).mean()
 
     def next_batch(self, generator: torch.Generator) -> None:
         """Draw a fresh training minibatch (uniformly, without replacement)."""
@@ -191,10 +211,13 @@ class VAE(ModelObjective):
         self.x = self.data.batch(index.to(self.data.train.device), generator)
 
     def loss(self, estimator, n_samples: int) -> Tensor:
-        """Minibatch −ELBO whose gradient w.r.t. every parameter is one estimate."""
+        """Minibatch −ELBO (−L_K for a multi-sample estimator) whose gradient w.r.t. every
+        parameter is one estimate."""
         theta = self.encoder(self.x)
-        surrogate = estimator.surrogate(self, theta, n_samples)  # [m, B]
-        return (surrogate.mean(0) + self.kl(theta)).mean()
+        surrogate = estimator.surrogate(self, theta, n_samples).mean(0)  # [B]
+        if not estimator.importance_weighted:
+            surrogate = surrogate + self.kl(theta)
+        return surrogate.mean()
 
     def replicate_gradients(self, estimator, n_samples: int, replicates: int) -> dict[str, Tensor]:
         """``replicates`` independent gradient estimates of the minibatch loss, batched.
@@ -224,7 +247,9 @@ class VAE(ModelObjective):
             grads = torch.autograd.grad(loss, [copies, *decoder.values()])
         finally:
             self._decoder_params = None
-        theta_grad = grads[0] + self._kl_theta_grad(theta)  # [R, B, D_θ]
+        theta_grad = grads[0]  # [R, B, D_θ]
+        if not estimator.importance_weighted:  # −L_K's surrogate holds the KL already
+            theta_grad = theta_grad + self._kl_theta_grad(theta)
         (encoder_grads,) = torch.func.vmap(encoder_vjp)(theta_grad)
         return {
             "encoder": flat(encoder_grads.values(), replicates),
@@ -243,15 +268,17 @@ class VAE(ModelObjective):
             "decoder": list(self.decoder.parameters()),
         }
 
-    def exact_loss(self, x: Tensor) -> Tensor:
+    def exact_loss(self, x: Tensor, k: int = 1) -> Tensor:
+        """−L_K per data point of x [B, D] (−ELBO at K = 1), exact, [B]."""
         raise NotImplementedError
 
-    def exact_gradient(self) -> dict[str, Tensor]:
-        """The exact gradient of the minibatch loss per group, ``{group: [P_group]}``."""
+    def exact_gradient(self, k: int = 1) -> dict[str, Tensor]:
+        """The exact gradient of the minibatch loss −L_K (−ELBO at K = 1) per group,
+        ``{group: [P_group]}``."""
         groups = self.group_parameters()
         params = [p for ps in groups.values() for p in ps]
         with torch.enable_grad():
-            grads = torch.autograd.grad(self.exact_loss(self.x).mean(), params)
+            grads = torch.autograd.grad(self.exact_loss(self.x, k).mean(), params)
         out, start = {}, 0
         for name, ps in groups.items():
             out[name] = flat(grads[start : start + len(ps)]).detach()
@@ -281,8 +308,13 @@ class VAE(ModelObjective):
     def log_weights(self, z: Tensor) -> Tensor:
         """Importance log-weights log p(x, z) − log q(z | x) for the current batch x [B, D]:
         z [..., B, L] -> [..., B]."""
-        theta = self.encoder(self.x)
-        return -self.cost(z) + self.prior().log_prob(z) - self.distribution(theta).log_prob(z)
+        return self.log_joint(z) - self.distribution(self.encoder(self.x)).log_prob(z)
+
+    def _bound_terms(self, n_samples: int, k: int) -> Tensor:
+        """L_K per data point of the current batch, [B]: the mean of ``n_samples``
+        estimates from k fresh draws each (exact where the latents enumerate)."""
+        z = self.distribution(self.encoder(self.x)).sample((k, n_samples))  # [k, n, B, L]
+        return (torch.logsumexp(self.log_weights(z), dim=0) - math.log(k)).mean(0)
 
     def iwae_terms(self, k: int) -> Tensor:
         """The importance-weighted bound per data point of the current batch from ``k``
@@ -424,15 +456,20 @@ class BernoulliVAE(VAE):
         """All 2^L latent states, [2^L, L]."""
         return binary_states(self.latent_dim, self.x.device, self.x.dtype)
 
-    def exact_loss(self, x):
-        """−ELBO per data point by summing over all 2^L latent states, [B]."""
+    def exact_loss(self, x, k=1):
+        """−L_K per data point (−ELBO at K = 1) by summing over all 2^L latent states, [B].
+
+        K = 1 sums q(z) cost(z) and adds the analytic KL; K > 1 is ``enumerated_bound``.
+        """
         saved = self.x
         self.x = x
         try:
             theta = self.encoder(x)
             states = self.states().unsqueeze(1).expand(-1, len(x), -1)  # [2^L, B, L]
             log_q = self.distribution(theta).log_prob(states)  # [2^L, B]
-            return (log_q.exp() * self.cost(states)).sum(0) + self.kl(theta)
+            if k == 1:
+                return (log_q.exp() * self.cost(states)).sum(0) + self.kl(theta)
+            return -enumerated_bound(self.log_joint(states).T, log_q.T, k)
         finally:
             self.x = saved
 
@@ -440,6 +477,11 @@ class BernoulliVAE(VAE):
         if self.latent_dim <= self.enumerate_limit:
             return self.exact_loss(self.x)
         return super()._elbo_terms(n_samples)
+
+    def _bound_terms(self, n_samples, k):
+        if self.latent_dim <= self.enumerate_limit:
+            return -self.exact_loss(self.x, k)
+        return super()._bound_terms(n_samples, k)
 
 
 class GaussianVAE(VAE):
