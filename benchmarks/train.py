@@ -15,10 +15,10 @@ estimate for a model (from ``n_samples`` fresh draws, outside the timed step) an
 L(θ) for a toy; for a multi-sample estimator (``estimator.k`` = K) the loss trained and
 logged is −L_K, its K in ``k`` and the bound's name in ``bound`` (``elbo``, ``L_K``), while
 ``train_elbo`` stays the ELBO; ``optimality_gap`` is L(θ) − inf L for the objectives that
-know their infimum. ``heldout_elbo`` (test-set ELBO, exact for small Bernoulli latents, otherwise Monte
-Carlo with ``eval_samples`` draws), ``heldout_iwae`` (the test-set importance-weighted
-bound with ``iwae_k`` samples, Burda et al. 2016: the literature's held-out log-likelihood
-estimate) and ``log10_var`` (the training estimator's gradient
+know their infimum. ``heldout_elbo`` (test-set ELBO, exact for small Bernoulli latents,
+otherwise Monte Carlo with ``eval_samples`` draws), ``heldout_iwae`` (the test-set
+importance-weighted bound with ``iwae_k`` samples, Burda et al. 2016: the literature's
+held-out log-likelihood estimate) and ``log10_var`` (the training estimator's gradient
 variance, ``all`` group for models) are filled every ``eval_every`` steps, when the
 variance of the training estimator (in the state training left it: its moving-average or
 learned baseline) and of every tracked estimator (fresh) is measured at the same

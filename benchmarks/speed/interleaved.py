@@ -23,14 +23,22 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # as the suite (conftest.py
 import torch  # noqa: E402
 
 from benchmarks.speed import reference  # noqa: E402
-from benchmarks.speed.cases import ESTIMATORS, TOY_NAMES, make_estimator, make_toy  # noqa: E402
+from benchmarks.speed.cases import (  # noqa: E402
+    ESTIMATORS,
+    TOY_NAMES,
+    make_estimator,
+    make_toy,
+    samples_for,
+)
 from estimators import estimate_gradient, replicate_gradients  # noqa: E402
 
 TARGET = 1.5
 
 
 def interleaved_ratio(toy, estimator, *, samples, replicates, rounds, device) -> tuple:
-    """(library min s, floor min s, ratio) over ``rounds`` alternating calls of each."""
+    """(library min s, floor min s, ratio) over ``rounds`` alternating calls of each;
+    ``samples`` draws per replicate (``samples / K`` estimates of a multi-sample one)."""
+    samples = samples_for(estimator, samples)
     objective = make_toy(toy, device)
     est = make_estimator(estimator)
     for _ in range(10):  # warm-up, as the suite: warms moving averages

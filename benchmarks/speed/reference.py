@@ -16,8 +16,9 @@ Noise is drawn as [N, R] (sample dimension first), as ``torch.distributions`` dr
 the references see the very same numbers as the library under the same seed.
 
 This module covers the REINFORCE family, ``reparam``, ARM and DisARM; the relaxations
-(``reference_relaxed``) and the measure-valued estimator (``reference_measure_valued``)
-have their own modules, dispatched from here.
+(``reference_relaxed``), the measure-valued estimator (``reference_measure_valued``) and
+the multi-sample estimators (``reference_multisample``) have their own modules, dispatched
+from here.
 """
 
 from __future__ import annotations
@@ -26,7 +27,12 @@ import torch
 from torch import Tensor
 from torch.distributions import Bernoulli, Categorical, Normal
 
-from benchmarks.speed import reference_measure_valued, reference_relaxed, reference_shared
+from benchmarks.speed import (
+    reference_measure_valued,
+    reference_multisample,
+    reference_relaxed,
+    reference_shared,
+)
 
 # --- the toys in plain torch -------------------------------------------------------------
 # Each toy: its distribution from theta [*batch, D], its cost f(x), and (for Gaussians) f'(x).
@@ -62,6 +68,7 @@ REFERENCE_ESTIMATORS_PATHWISE = ("reparam",)
 OTHER_PLAIN = {
     **{key: (lambda fn=fn: fn) for key, fn in reference_relaxed.PLAIN.items()},
     **{key: (lambda fn=fn: fn) for key, fn in reference_measure_valued.PLAIN.items()},
+    **{key: (lambda fn=fn: fn) for key, fn in reference_multisample.PLAIN.items()},
     **{
         (reference_shared.TOY, e): (lambda e=e: reference_shared.SharedPlain(e))
         for e in reference_shared.ESTIMATORS
@@ -77,6 +84,7 @@ def _baseline_free(floor):
 OTHER_FLOOR = {
     **{key: _baseline_free(fn) for key, fn in reference_relaxed.FLOOR.items()},
     **{key: _baseline_free(fn) for key, fn in reference_measure_valued.FLOOR.items()},
+    **{key: _baseline_free(fn) for key, fn in reference_multisample.FLOOR.items()},
     **reference_shared.FLOOR,
 }
 

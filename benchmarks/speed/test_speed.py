@@ -13,7 +13,8 @@ between them biases the ratio as little as possible.
                                   loop of single estimates, what batching replaces (on
                                   ``LOOP_TOYS``, one continuous and one discrete toy)
     replicates TOY R=1000 N=1000  ``batched`` vs ``floor``: the same replicate estimates as
-                                  one fused expression with analytic scores
+                                  one fused expression with analytic scores (N=100 for
+                                  the multi-sample estimators, K=10: the same 10⁶ draws)
     model estimate MODEL N=10     one gradient of a VAE's minibatch loss w.r.t. all weights
     model replicates vae_gaussian R=100 N=10  ``batched``: the model's
                                   ``replicate_gradients``; ``loop``: single estimates
@@ -34,6 +35,7 @@ from benchmarks.speed.cases import (
     make_model,
     make_toy,
     pairs,
+    samples_for,
     synchronized,
 )
 from benchmarks.speed.conftest import DEVICE
@@ -135,17 +137,18 @@ def test_replicates(benchmark, toy, estimator, side):
 
 @pytest.mark.parametrize(("toy", "estimator", "side"), LARGE_CASES, ids=_ids(LARGE_CASES))
 def test_replicates_large(benchmark, toy, estimator, side):
+    n = samples_for(estimator, 1000)
     est, obj = _setup(
-        benchmark, toy, estimator, f"replicates {toy} R={REPLICATES} N=1000",
-        comparison="batched / floor", role=side, size=f"R={REPLICATES} N=1000",
+        benchmark, toy, estimator, f"replicates {toy} R={REPLICATES} N={n}",
+        comparison="batched / floor", role=side, size=f"R={REPLICATES} N={n}",
     )  # fmt: skip
     if side == "batched":
-        fn = lambda: replicate_gradients(est, obj, obj.theta, 1000, REPLICATES)  # noqa: E731
+        fn = lambda: replicate_gradients(est, obj, obj.theta, n, REPLICATES)  # noqa: E731
     else:
         # The moving average or learned baseline the library subtracts after its warm-up.
         baseline = reference.baseline_value(est, obj.theta)
         fn = lambda: reference.fused_replicates(  # noqa: E731
-            toy, estimator, obj.theta, 1000, REPLICATES, baseline
+            toy, estimator, obj.theta, n, REPLICATES, baseline
         )
     grads = _run(benchmark, fn)
     assert grads.shape == (REPLICATES, *obj.theta.shape)
