@@ -23,9 +23,7 @@ CONF = Path(__file__).resolve().parents[2] / "conf"
 ESTIMATORS = sorted(p.stem for p in (CONF / "estimator").glob("*.yaml"))
 # The toys whose loss is a bound −L_K (estimators.ImportanceWeightedObjective).
 IW_TOYS = ("linear_gaussian", "bernoulli_latent")
-TOY_NAMES = [
-    name for name in (*TOYS, *IW_TOYS) if (CONF / "objective" / f"{name}.yaml").is_file()
-]
+TOY_NAMES = [name for name in (*TOYS, *IW_TOYS) if (CONF / "objective" / f"{name}.yaml").is_file()]
 MODEL_NAMES = [
     m for m in ("vae_gaussian", "vae_bernoulli") if (CONF / "objective" / f"{m}.yaml").is_file()
 ]
