@@ -16,9 +16,9 @@ Noise is drawn as [N, R] (sample dimension first), as ``torch.distributions`` dr
 the references see the very same numbers as the library under the same seed.
 
 This module covers the REINFORCE family, ``reparam``, ARM and DisARM; the relaxations
-(``reference_relaxed``), the measure-valued estimator (``reference_measure_valued``) and
-the multi-sample estimators (``reference_multisample``) have their own modules, dispatched
-from here.
+(``reference_relaxed``), the measure-valued estimator (``reference_measure_valued``), the
+multi-sample estimators (``reference_multisample``) and REBAR and RELAX
+(``reference_control_variates``) have their own modules, dispatched from here.
 """
 
 from __future__ import annotations
@@ -28,6 +28,7 @@ from torch import Tensor
 from torch.distributions import Bernoulli, Categorical, Normal
 
 from benchmarks.speed import (
+    reference_control_variates,
     reference_measure_valued,
     reference_multisample,
     reference_relaxed,
@@ -69,6 +70,7 @@ OTHER_PLAIN = {
     **{key: (lambda fn=fn: fn) for key, fn in reference_relaxed.PLAIN.items()},
     **{key: (lambda fn=fn: fn) for key, fn in reference_measure_valued.PLAIN.items()},
     **{key: (lambda fn=fn: fn) for key, fn in reference_multisample.PLAIN.items()},
+    **reference_control_variates.PLAIN,
     **{
         (reference_shared.TOY, e): (lambda e=e: reference_shared.SharedPlain(e))
         for e in reference_shared.ESTIMATORS
@@ -85,6 +87,7 @@ OTHER_FLOOR = {
     **{key: _baseline_free(fn) for key, fn in reference_relaxed.FLOOR.items()},
     **{key: _baseline_free(fn) for key, fn in reference_measure_valued.FLOOR.items()},
     **{key: _baseline_free(fn) for key, fn in reference_multisample.FLOOR.items()},
+    **reference_control_variates.FLOOR,
     **reference_shared.FLOOR,
 }
 
@@ -100,10 +103,13 @@ def has_reference(toy: str, estimator: str) -> bool:
     return estimator in REFERENCE_ESTIMATORS_PATHWISE and toy in GAUSSIAN_COSTS
 
 
-def baseline_value(estimator, theta: Tensor) -> float:
+def baseline_value(estimator, theta: Tensor) -> float | dict[str, Tensor]:
     """The constant a moving-average or learned baseline subtracts in the next call at
     ``theta`` (0 for others): what the floor subtracts. The learned baseline's training
-    step after it changes later calls, not this one."""
+    step after it changes later calls, not this one. For REBAR and RELAX, the control
+    variate's state instead (``reference_control_variates.control_variate_state``)."""
+    if getattr(estimator, "control_variate", None) is not None:
+        return reference_control_variates.control_variate_state(estimator)
     baseline = getattr(estimator, "baseline", None)
     if getattr(baseline, "net", None) is not None:
         with torch.no_grad():
