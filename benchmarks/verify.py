@@ -303,7 +303,7 @@ def format_certificate(cert: Certificate) -> str:
             continue
         worst = max(abs(z) for z in c.z)
         detect = (
-            f"{c.detectable_relative_bias:.1%}"
+            f"{100 * c.detectable_relative_bias:.3g}%"
             if math.isfinite(c.detectable_relative_bias)
             else "-"
         )

@@ -249,7 +249,8 @@ def test_two_versions_swept_and_compared_through_the_command_line(tmp_path, monk
     row = table.set_index("run_dir").loc[cell]
     se = math.log(row["ci_high"] / row["ci_low"]) / (2 * 1.959964)
     cut = power_margin(float(alarm) / len(table))
-    margin = power_margin(rate("miss: compare: a variance increase through the CLI is flagged"))
+    # Two tests share the family: tests/test_compare.py and tests/test_plugins.py.
+    margin = power_margin(rate("miss: compare: a variance increase through the CLI is flagged") / 2)
     assert (math.log(row["var_ratio"]) - math.log(1.1)) / se > cut + margin + 1
     unmatched = "only in NEW: estimator=mine,objective=categorical_linear [logits[0]]"
     assert unmatched in captured.out
