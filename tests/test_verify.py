@@ -8,6 +8,7 @@ Seeds are fixed. Each certificate runs at the false-fail rate the suite's budget
 from __future__ import annotations
 
 import json
+import math
 
 import pytest
 import torch
@@ -169,3 +170,16 @@ def test_an_estimator_that_applies_nowhere_is_not_certified():
     cert = verify(Nowhere(), "nowhere", replicates=100)
     assert not cert.ok and not cert.failures
     assert "no cell applies" in format_certificate(cert)
+
+
+def test_non_finite_estimates_fail_the_cell_named():
+    class NotFinite(Reinforce):
+        def surrogate(self, objective, theta, n_samples):
+            return super().surrogate(objective, theta, n_samples) * math.nan
+
+    cert = verify(NotFinite(), "nan", replicates=100, suite=SUITE[:1])
+    assert [c.status for c in cert.cells] == ["nonfinite", "nonfinite"]
+    assert not cert.ok and cert.failures == [
+        "gaussian_quadratic mu=1 sigma=1 target=0 n_samples=2: nonfinite",
+        "gaussian_quadratic mu=1 sigma=1 target=0 n_samples=8: nonfinite",
+    ]
