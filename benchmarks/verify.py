@@ -2,11 +2,11 @@
 
 The same discipline the project's own tests apply to its estimators, for anyone's:
 
-- every toy the estimator applies to, at two parameter points and two sample sizes, and
-  three small models whose gradient is exact: a Bernoulli VAE small enough to enumerate its
-  latent states (both points), and Bayesian logistic regression, whose expectations are
-  one-dimensional and done by quadrature. A one-line ``skipped:`` reason where the
-  estimator does not apply;
+- every toy the estimator applies to, and two small models whose gradient is exact (a
+  Bernoulli VAE small enough to enumerate its latent states, and Bayesian logistic
+  regression, whose expectations are one-dimensional and done by quadrature), at two
+  sample sizes and, except for the regression, two parameter points. A one-line
+  ``skipped:`` reason where the estimator does not apply;
 - unbiasedness: a z-test per coordinate of the mean of ``replicates`` estimates against the
   exact gradient (every weight of a model), Bonferroni over every coordinate of every cell,
   at the family-wise false-fail rate ``false_fail`` (default 1e-3). Each cell states its
