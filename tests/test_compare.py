@@ -196,7 +196,9 @@ class Mine(Reinforce):
 '''
 
 
-def test_two_versions_swept_and_compared_through_the_command_line(tmp_path, monkeypatch, capsys):
+def test_two_versions_swept_and_compared_through_the_command_line(
+    tmp_path, monkeypatch, capsys, request
+):
     """The researcher's loop: sweep version 1 of an estimator of one's own against a
     shipped one, sweep it again with a new seed (no alarm), edit the estimator, sweep
     version 2 with one more toy, and compare: exit 1, the grown variance named, the new
@@ -206,9 +208,11 @@ def test_two_versions_swept_and_compared_through_the_command_line(tmp_path, monk
     monkeypatch.chdir(tmp_path)
     monkeypatch.syspath_prepend(str(tmp_path))
     monkeypatch.setattr(sys, "dont_write_bytecode", True)  # the module changes in between
-    (tmp_path / "my_estimators.py").write_text(VERSION_1)
+    # The module stays imported in this process: its own name, forgotten afterwards.
+    request.addfinalizer(lambda: sys.modules.pop("my_compared", None))
+    (tmp_path / "my_compared.py").write_text(VERSION_1)
     (tmp_path / "conf" / "estimator").mkdir(parents=True)
-    (tmp_path / "conf" / "estimator" / "mine.yaml").write_text("_target_: my_estimators.Mine\n")
+    (tmp_path / "conf" / "estimator" / "mine.yaml").write_text("_target_: my_compared.Mine\n")
     toys = "gaussian_quadratic,bernoulli_threshold"
 
     def sweep(folder, *extra, objectives=toys):
@@ -231,8 +235,8 @@ def test_two_versions_swept_and_compared_through_the_command_line(tmp_path, monk
     assert set(same["estimator"]) == {"mine", "reinforce"}
     assert "var ratio [CI]" in (tmp_path / "v1_seed1" / "compare.md").read_text()
 
-    (tmp_path / "my_estimators.py").write_text(VERSION_2)
-    monkeypatch.delitem(sys.modules, "my_estimators")
+    (tmp_path / "my_compared.py").write_text(VERSION_2)
+    del sys.modules["my_compared"]  # as a new process would, import version 2
     sweep("v2", "seed=1", objectives=f"{toys},categorical_linear")
     capsys.readouterr()
     assert main(["compare", "v1", "v2", "--false-alarm", alarm, "--out", "cmp"]) == 1
