@@ -237,7 +237,8 @@ def main(args: Sequence[str]) -> int:
     for line in regressions:
         print(f"regression: {line}", file=sys.stderr)
     print(
-        f"{len(comparison.table)} rows compared, {len(regressions)} regressions; "
+        f"{len(comparison.table)} rows compared, {len(regressions)} "
+        f"regression{'' if len(regressions) == 1 else 's'}; "
         f"written {out / 'compare.md'}, {out / 'compare.csv'}"
     )
     return 1 if regressions else 0

@@ -1,19 +1,28 @@
 """A researcher's own estimator, from outside the package: a config folder with an
 importable module, and an installed package's entry point. Each path is run end to end
-(``gradbench list``, ``run`` and ``verify``) in a temporary folder."""
+(``gradbench list``, ``run`` and ``verify``) in a temporary folder, and the path of
+docs/researcher.md as a new user takes it: its files, its commands, the installed
+``gradbench`` command."""
 
 from __future__ import annotations
 
 import json
+import math
 import os
+import re
+import shlex
 import subprocess
 import sys
 from pathlib import Path
 
+import pandas as pd
 import pytest
 
 from benchmarks.cli import main
+from tests.stats import power_margin, rate
 from tests.test_verify import PASS_RATE
+
+DOCS = Path(__file__).resolve().parents[1] / "docs" / "researcher.md"
 
 GRADBENCH = [sys.executable, "-m", "benchmarks.cli"]
 MODULE = '''
@@ -119,10 +128,93 @@ def test_an_entry_point_makes_the_estimator_an_option(tmp_path):
 
 
 def test_the_python_example_of_the_docs_runs(tmp_path, monkeypatch, capsys):
-    page = (Path(__file__).resolve().parents[1] / "docs" / "researcher.md").read_text()
-    block = page.split("```python\n", 1)[1].split("```", 1)[0]
+    page = DOCS.read_text()
+    block = page.split("## From Python", 1)[1].split("```python\n", 1)[1].split("```", 1)[0]
     monkeypatch.chdir(tmp_path)
     exec(compile(block, "docs/researcher.md", "exec"), {})
     out = capsys.readouterr().out
     assert (tmp_path / "variance.png").stat().st_size > 0
     assert "reparam" in out and "every claim holds" in out
+
+
+def docs_section(title: str) -> str:
+    """The text of the docs/researcher.md section whose heading starts with ``title``."""
+    return DOCS.read_text().split(f"## {title}", 1)[1].split("\n## ", 1)[0]
+
+
+def docs_commands(section: str) -> list[list[str]]:
+    """The ``gradbench`` command lines of a section's bash blocks, as argument lists."""
+    blocks = re.findall(r"```bash\n(.*?)```", section, flags=re.S)
+    lines = [line.split("  #")[0].strip() for block in blocks for line in block.splitlines()]
+    return [shlex.split(line)[1:] for line in lines if line.startswith("gradbench ")]
+
+
+def test_the_researcher_path_of_the_docs_with_the_installed_command(tmp_path):
+    """A fresh folder with only what docs/researcher.md shows, and the installed
+    ``gradbench`` script (not ``python -m``, which would find modules in the current
+    folder): run the estimator, verify it, sweep it beside the classics, change it,
+    sweep again, compare. Each command is the page's own line."""
+    command = Path(sys.executable).with_name("gradbench")
+    assert command.is_file(), "the package's console script is installed in the venv"
+    plug_in = docs_section("Plug it in")
+    files = re.findall(r"```(?:python|yaml)\n# my_work/(\S+)\n(.*?)```", plug_in, flags=re.S)
+    assert {name for name, _ in files} == {
+        "my_estimators.py", "conf/estimator/const.yaml", "conf/sweep/mine.yaml"
+    }  # fmt: skip
+    work = tmp_path / "my_work"
+    for name, text in files:
+        (work / name).parent.mkdir(parents=True, exist_ok=True)
+        (work / name).write_text(text)
+    assert "export PYTHONPATH=$PWD" in plug_in
+    env = {**os.environ, "PYTHONPATH": str(work)}
+
+    def gradbench(args, environment=env):
+        return subprocess.run([str(command), *args], cwd=work, env=environment,
+                              capture_output=True, text=True)  # fmt: skip
+
+    runs = {args[0] + " " + args[-1]: args for args in docs_commands(plug_in)}
+    single = runs["run estimator.c=2"]
+    done = gradbench([*single, "task.timing_min_run_time=0.001"])
+    assert done.returncode == 0, done.stderr
+    assert re.search(r"gaussian_quadratic +const .* ok", done.stdout)
+    # Without the folder on PYTHONPATH: the one-line error the page quotes.
+    bare = {k: v for k, v in env.items() if k != "PYTHONPATH"}
+    missing = gradbench(single, bare)
+    assert missing.returncode == 2
+    assert missing.stderr.strip() == (
+        "gradbench: error: estimator: cannot import 'my_estimators.ConstBaseline': "
+        "No module named 'my_estimators'"
+    )
+
+    certify = docs_commands(docs_section("Certify it"))[1]
+    verified = gradbench([*certify, "--replicates", "2000", "--false-fail", str(PASS_RATE),
+                          "--out", "cert"])  # fmt: skip
+    assert verified.returncode == 0, verified.stderr
+    assert "every claim holds" in verified.stdout
+    assert json.loads((work / "cert" / "verify.json").read_text())["estimator"] == "const"
+
+    compare = docs_commands(docs_section("Compare two versions"))
+    assert [args[0] for args in compare] == ["run", "run", "compare"]
+    assert gradbench(compare[0]).returncode == 0
+    yaml = work / "conf" / "estimator" / "const.yaml"  # the change the page makes
+    yaml.write_text(yaml.read_text().replace("c: 0.0", "c: 1.0"))
+    assert gradbench(compare[1]).returncode == 0
+    compared = gradbench(compare[2])
+    assert compared.returncode == 1, compared.stdout + compared.stderr
+    cell = "estimator=const,objective=bernoulli_threshold"
+    assert f"regression: {cell} [logit]: variance ×" in compared.stderr
+    assert "9 rows compared, 1 regression;" in compared.stdout
+    table = pd.read_csv(work / "results" / "v2" / "compare.csv")
+    assert len(table) == 9
+    # The classics ran the same computation with the same seed: ratios of exactly 1, so
+    # no alarm can be raised on them.
+    classics = table[table["estimator"] != "const"]
+    assert (classics["var_ratio"] == 1).all() and (classics["bias_shift_se"] == 0).all()
+    assert not (classics["variance_grew"] | classics["bias_appeared"]).any()
+    # Power, judged from this draw (as in tests/test_compare.py), at the default rate.
+    row = table.set_index("run_dir").loc[cell]
+    se = math.log(row["ci_high"] / row["ci_low"]) / (2 * 1.959964)
+    # Two tests share the family: tests/test_compare.py and tests/test_plugins.py.
+    margin = power_margin(rate("miss: compare: a variance increase through the CLI is flagged") / 2)
+    growth_z = (math.log(row["var_ratio"]) - math.log(1.1)) / se
+    assert growth_z > power_margin(1e-3 / len(table)) + margin + 1
