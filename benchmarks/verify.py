@@ -53,6 +53,7 @@ from benchmarks.storage import write_atomic
 from estimators import (
     Estimator,
     NotApplicable,
+    bound_k,
     estimate_gradient,
     is_importance_weighted,
     replicate_gradients,
@@ -193,7 +194,9 @@ def _model_moments(estimator, model, n_samples, replicates):
     for _ in range(WARMUP_STEPS):
         torch.autograd.grad(model.loss(estimator, n_samples), params)
     moments, _ = replicate_moments(estimator, model, n_samples, replicates)
-    exact = model.exact_gradient()
+    # A multi-sample estimator's truth is the gradient of its own bound L_K.
+    k = bound_k(estimator)
+    exact = model.exact_gradient(k) if k > 1 else model.exact_gradient()
     groups = model.param_groups
     names = [f"{g}[{i}]" for g in groups for i in range(moments[g].mean.numel())]
     cat = lambda part: torch.cat([part(g).to(torch.float64) for g in groups])  # noqa: E731
