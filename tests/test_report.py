@@ -10,6 +10,8 @@ from __future__ import annotations
 import ast
 import math
 import shutil
+import subprocess
+import sys
 from html.parser import HTMLParser
 from pathlib import Path
 from statistics import NormalDist
@@ -502,3 +504,29 @@ def test_the_report_does_not_import_the_command_line():
                 imported.update(alias.name for alias in node.names)
     assert "benchmarks.report.frames" in imported  # the walk sees the package's imports
     assert not {name for name in imported if name.startswith("benchmarks.cli")}
+
+
+def test_the_written_out_style_and_palettes_are_seaborns():
+    import seaborn as sns
+
+    from benchmarks.report import palettes
+
+    style = {**sns.axes_style("whitegrid"), **sns.plotting_context("paper")}
+    assert style.pop("image.cmap") == "rocket"  # left out: it needs seaborn's colormaps
+    assert style == palettes.SEABORN_STYLE
+    assert [tuple(c) for c in sns.color_palette("colorblind", 10)] == palettes.COLORBLIND
+    assert [tuple(c) for c in sns.color_palette("dark", 10)] == palettes.DARK
+    for n in range(1, 13):
+        assert palettes.flare(n) == [tuple(c) for c in sns.color_palette("flare", n)]
+    assert palettes.flare(3) != palettes.flare(4)[:3]  # the control: n changes the colours
+
+
+def test_drawing_records_does_not_import_seaborn():
+    code = (
+        "import sys; from benchmarks.report import fig_bias; from tests.test_report import "
+        "toy_records; fig_bias(toy_records()); print('seaborn' in sys.modules)"
+    )
+    root = Path(__file__).parents[1]
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=root)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["False"]

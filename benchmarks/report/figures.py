@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import numpy as np
 import pandas as pd
-import seaborn as sns
 from matplotlib.figure import Figure
 
 from benchmarks.report.frames import (
@@ -37,6 +36,7 @@ from benchmarks.report.frames import (
     train_value_column,
     variance_band,
 )
+from benchmarks.report.palettes import flare
 from benchmarks.report.panels import (
     categorical,
     finish,
@@ -146,7 +146,7 @@ def fig_bias(records: pd.DataFrame, *, styles: Styles | None = None) -> Figure |
         flags = records["unbiased"].astype("boolean")
         biased = set(records.loc[flags.eq(False).fillna(False), "estimator"])
     sizes = sorted(pooled["n_samples"].unique())
-    colors = dict(zip(sizes, sns.color_palette("flare", len(sizes)), strict=True))
+    colors = dict(zip(sizes, flare(len(sizes)), strict=True))
     groups = panels(pooled, ["objective", "param"])
     fig, axes = grid(len(groups))
     height = 0.7 / len(sizes)
@@ -266,6 +266,8 @@ def fig_train_variance(frame: pd.DataFrame, *, styles: Styles | None = None) -> 
     """
     if frame.empty or "step" not in frame or "estimator" not in frame:
         return None
+    import seaborn as sns  # its bootstrap bands; a second to import, so only when drawn
+
     data, panel_keys = _variance_along_training(in_run_order(frame))
     data = data[np.isfinite(data["log10_var"])] if len(data) else data
     if data.empty:

@@ -1,5 +1,6 @@
 """The one look of every figure: seaborn's paper context on a white grid, and a colour and
-marker per estimator that every figure of a report shares."""
+marker per estimator that every figure of a report shares (seaborn's values, written out
+in ``palettes``: the report does not import seaborn to draw its records)."""
 
 from __future__ import annotations
 
@@ -7,12 +8,12 @@ import functools
 from collections.abc import Callable, Iterable
 
 import matplotlib
-import seaborn as sns
 from matplotlib.figure import Figure
 
+from benchmarks.report.palettes import COLORBLIND, DARK, SEABORN_STYLE
+
 STYLE = {
-    **sns.axes_style("whitegrid"),
-    **sns.plotting_context("paper"),
+    **SEABORN_STYLE,
     "axes.titlesize": 9,
     "axes.labelsize": 8.5,
     "legend.fontsize": 8,
@@ -43,8 +44,7 @@ def _slots() -> list[tuple]:
     (purple): the second and fourth are both orange, and the first estimators of a sweep,
     often a method and its close variants, should not look alike.
     """
-    dark = sns.color_palette("dark", 10)
-    colors = sns.color_palette("colorblind", 10) + [dark[i] for i in (4, 8, 2, 6, 0, 1, 3, 5, 7, 9)]
+    colors = COLORBLIND + [DARK[i] for i in (4, 8, 2, 6, 0, 1, 3, 5, 7, 9)]
     pairs = [(color, MARKERS[k % len(MARKERS)]) for k, color in enumerate(colors)]
     return [pairs[k] for k in (0, 1, 2, 4, 3, *range(5, len(pairs)))]
 

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pandas as pd
+from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from benchmarks.collect import REPORT_MARKER, Problem, scan_runs
@@ -187,7 +188,7 @@ def write_report(folder: str | Path, formats: Sequence[str] = (), dpi: int = 150
         if fig is None:
             continue
         for ext in ["png", *formats]:
-            fig.savefig(out / f"{spec.name}.{ext}", dpi=dpi, metadata=SAVE_METADATA[ext])
+            save(fig, out / f"{spec.name}.{ext}", dpi=dpi)
             report.files.append(f"{spec.name}.{ext}")
         report.figures.append(spec.name)
         captions[spec.name] = spec.caption
@@ -202,6 +203,29 @@ def write_report(folder: str | Path, formats: Sequence[str] = (), dpi: int = 150
     report.files.append("index.html")
     (out / REPORT_MARKER).write_text("\n".join(report.files) + "\n")
     return report
+
+
+def save(fig: Figure, path: Path, dpi: int) -> None:
+    """``fig.savefig(path)``, the same file; a PNG's layout is run once, before the draw.
+
+    ``savefig`` on a figure with a layout engine draws it twice: once without rendering,
+    for the layout, then for the pixels. The layout itself needs only the extents of the
+    text, so it runs on its own at the PNG's resolution (as inside ``savefig``), the engine
+    is set aside for the one draw that renders, and put back for the other formats.
+    """
+    ext = path.suffix.removeprefix(".")
+    engine = fig.get_layout_engine()
+    if ext != "png" or engine is None:
+        fig.savefig(path, dpi=dpi, metadata=SAVE_METADATA[ext])
+        return
+    FigureCanvasAgg(fig)  # the layout's renderer: the one the PNG is drawn with
+    fig.set_dpi(dpi)
+    engine.execute(fig)
+    fig.set_layout_engine("none")
+    try:
+        fig.savefig(path, dpi=dpi, metadata=SAVE_METADATA[ext])
+    finally:
+        fig.set_layout_engine(engine)
 
 
 def _remove_previous(out: Path) -> None:
