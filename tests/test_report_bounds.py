@@ -60,6 +60,8 @@ def test_variance_vs_k_has_a_panel_per_setting_and_coordinate():
 def test_k_figures_are_none_without_k(figure):
     assert figure(iw_records(with_k=False)) is None
     assert figure(iw_records().assign(status="skipped: no")) is None
+    one_k = iw_records()
+    assert figure(one_k[one_k["k"] == one_k["k"].min()]) is None  # a point, not a curve
 
 
 def test_variance_vs_step_draws_each_runs_logged_variance():

@@ -36,7 +36,11 @@ from benchmarks.report.style import estimator_styles, styled
 
 def _k_records(records: pd.DataFrame) -> tuple[pd.DataFrame, list[str]]:
     """(variance rows of importance-weighted runs, with K as an int; the swept objective
-    settings that tell their cells apart)."""
+    settings that tell their cells apart).
+
+    Only estimators measured at more than one K on an objective count: a single K is a
+    point, not a curve, and every record of a plain sweep carries K = 1.
+    """
     if "k" not in records:
         return records.iloc[:0], []
     data = completed(variance_records(records))
@@ -44,6 +48,9 @@ def _k_records(records: pd.DataFrame) -> tuple[pd.DataFrame, list[str]]:
     if data.empty:
         return data, []
     data["k"] = data["k"].astype(int)
+    data = data[data.groupby(["objective", "estimator"])["k"].transform("nunique") > 1]
+    if data.empty:
+        return data, []
     return data, [c for c in objective_parameters(data) if data[c].nunique() > 1]
 
 
