@@ -49,8 +49,8 @@ BATCHES_PER_WORKER = 2
 @dataclass
 class GradbenchSweeperConf:
     _target_: str = "hydra_plugins.gradbench_sweeper.gradbench_sweeper.GradbenchSweeper"
-    max_batch_size: Optional[int] = None  # noqa: UP007
-    params: Optional[Dict[str, str]] = None  # noqa: UP006, UP007
+    max_batch_size: Optional[int] = None  # noqa: UP045
+    params: Optional[Dict[str, str]] = None  # noqa: UP006, UP045
 
 
 ConfigStore.instance().store(
@@ -78,7 +78,9 @@ class BatchedJoblibLauncher(JoblibLauncher):
         batches = _core.chunks(indexed, workers * BATCHES_PER_WORKER)
         state = Singleton.get_state()
         runs = Parallel(**joblib_cfg)(
-            delayed(execute_cells)(batch, self.hydra_context, self.config, self.task_function, state)
+            delayed(execute_cells)(
+                batch, self.hydra_context, self.config, self.task_function, state
+            )
             for batch in batches
         )
         return [ret for batch in runs for ret in batch]
@@ -169,7 +171,7 @@ class GradbenchSweeper(BasicSweeper):
             size = 1 if in_process else len(todo)
         return [todo[i : i + size] for i in range(0, len(todo), size)]
 
-    def _complete(self, cell: Sequence[str], planned: Optional[str]) -> bool:  # noqa: UP007
+    def _complete(self, cell: Sequence[str], planned: str | None) -> bool:
         """Whether a cell's folder holds complete records for its configuration (whose
         fingerprint the pre-check may have ``planned``)."""
         from benchmarks.storage import RECORDS, records_complete
@@ -186,11 +188,12 @@ class GradbenchSweeper(BasicSweeper):
         fingerprint = planned or self._fingerprint(cell)
         return fingerprint is not None and records_complete(folder / RECORDS, fingerprint)
 
-    def _fingerprint(self, cell: Sequence[str]) -> Optional[str]:  # noqa: UP007
+    def _fingerprint(self, cell: Sequence[str]) -> str | None:
         """The job's ``config_hash`` of a cell, from one cheap composition."""
-        from benchmarks.config import config_hash
         from hydra.core.hydra_config import HydraConfig
         from omegaconf import open_dict, read_write
+
+        from benchmarks.config import config_hash
 
         cfg = self.hydra_context.config_loader.load_sweep_config(self.config, list(cell))
         saved = HydraConfig.instance().cfg
