@@ -361,7 +361,15 @@ def inputs_fingerprint(overrides: list[str], config_name: str, config_dir: str |
     versions of gradbench, Hydra and OmegaConf."""
     from importlib.metadata import entry_points, version
 
-    parts = [config_name, *overrides]
+    # How cells run (the launcher, threads) changes neither what is composed for a cell nor
+    # its fingerprint; where configs are found (hydra.searchpath) does.
+    parsed = OverridesParser.create().parse_overrides(overrides)
+    parts = [config_name] + [
+        o.input_line
+        for o in parsed
+        if o.get_key_element() == "hydra.searchpath"
+        or not (o.key_or_group.startswith("hydra") or o.key_or_group in RESULT_NEUTRAL_KEYS)
+    ]
     parts += [f"{p.name}={p.value}" for p in entry_points(group=ENTRY_POINT_GROUP)]
     parts += [version(name) for name in ("gradbench", "hydra-core", "omegaconf")]
     roots = [Path(config_path())] + ([Path(config_dir)] if config_dir else [])
