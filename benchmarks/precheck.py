@@ -36,7 +36,7 @@ from hydra.core.global_hydra import GlobalHydra
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.core.override_parser.types import OverrideType
 from hydra.errors import HydraException, OverrideParseException
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, open_dict
 from omegaconf.errors import OmegaConfBaseException
 
 from benchmarks.config import (
@@ -218,18 +218,20 @@ def _is_plain_value(override) -> bool:
     )
 
 
-def compose_cached(config_name: str, cell: list[str], cache: dict) -> DictConfig:
+def compose_cached(config_name: str, cell: list[str], cache: dict, composer=None) -> DictConfig:
     """``compose(config_name, overrides=cell)``, sharing work between similar cells.
 
     Composing costs Hydra a tenth of a second or more; cells that differ only in plain
     values share one composition, and the values are set on a copy, as Hydra sets them.
     Group choices, additions, deletions and Hydra's own keys change what is composed, so
     they key the cache. On any error the cell is composed in full, for Hydra's own message.
+    ``composer(structural)`` composes a combination where given (``SharedCompositions``).
     """
     parsed = OverridesParser.create().parse_overrides(cell)
     structural = tuple(o.input_line for o in parsed if not _is_plain_value(o))
     if structural not in cache:
-        cache[structural] = compose(config_name, overrides=list(structural))
+        make = composer or (lambda lines: compose(config_name, overrides=list(lines)))
+        cache[structural] = make(structural)
     cfg = copy.deepcopy(cache[structural])
     try:
         for override in parsed:
@@ -238,6 +240,58 @@ def compose_cached(config_name: str, cell: list[str], cache: dict) -> DictConfig
     except OmegaConfBaseException:
         return compose(config_name, overrides=cell)
     return cfg
+
+
+# The job name Hydra gives ``benchmarks.run``'s task function (its file's name): it is part
+# of every composed config (hydra.job.name).
+JOB_NAME = "run"
+
+
+class SharedCompositions:
+    """The pre-check's compositions, made as the in-process launcher will make them.
+
+    Each combination of config groups is composed with the Hydra overrides the CLI will
+    hand to Hydra and Hydra's job name, so that the sweeper's config loader
+    (hydra_plugins/gradbench_sweeper) can take it instead of composing it again when the
+    sweep's Hydra overrides are indeed these (``hydra_lines``). The pre-check checks the
+    same composition without its ``hydra`` node, which is what ``compose`` returns.
+    """
+
+    def __init__(self, config_name: str, hydra_lines: list[str]) -> None:
+        self.config_name = config_name
+        self.hydra_lines = hydra_lines
+        self.full: dict[tuple[str, ...], DictConfig] = {}
+
+    def __call__(self, structural: Sequence[str]) -> DictConfig:
+        from hydra.core.utils import JobRuntime
+        from hydra.types import RunMode
+
+        lines = sorted(line for line in structural if not parse_one(line).is_hydra_override())
+        runtime = JobRuntime.instance()
+        name = runtime.get("name")
+        runtime.set("name", JOB_NAME)
+        loader = GlobalHydra.instance().config_loader()
+        try:
+            overrides = [*self.hydra_lines, *lines]
+            full = loader.load_configuration(self.config_name, overrides, run_mode=RunMode.RUN)
+        finally:
+            runtime.set("name", name)
+        self.full[tuple(lines)] = full
+        cfg = copy.deepcopy(full)
+        with open_dict(cfg):
+            del cfg["hydra"]
+        return cfg
+
+
+def launcher_hydra_lines(overrides: list[str], plan, first: DictConfig, flag: bool) -> list[str]:
+    """The Hydra overrides the sweep's master config will list, in Hydra's order: the
+    command's, the CLI's additions, and ``hydra.mode=MULTIRUN`` where Hydra adds it (``-m``
+    given, the config not setting the mode)."""
+    parsed = OverridesParser.create().parse_overrides([*overrides, *plan.added])
+    lines = [o.input_line for o in parsed if o.is_hydra_override()]
+    if flag and first.hydra.mode is None:
+        lines.append("hydra.mode=MULTIRUN")
+    return lines
 
 
 @dataclass
@@ -256,6 +310,8 @@ class Plan:
     # whether cell folders are named as conf/config.yaml names them (else only Hydra knows).
     exclude_keys: list[str] = field(default_factory=list)
     cell_folders: bool = False
+    # The pre-check's compositions, for the launcher (None where they cannot be shared).
+    shared: SharedCompositions | None = None
 
     def cell_folder(self, key: tuple[str, ...]) -> Path | None:
         """The folder of the cell ``key`` (a ``cell_key``), as its job will name it."""
@@ -336,12 +392,15 @@ def check_run(overrides: list[str], flags: dict[str, str], multirun: bool = Fals
                     plan = _plan(first, overrides, config_name, config_dir, multirun, cells)
                     inputs = inputs_fingerprint(overrides, config_name, config_dir)
                     known = known_complete(plan, first, inputs, "resume" in axes)
+                    if plan.multirun and config_dir is None:
+                        lines = launcher_hydra_lines(overrides, plan, first, multirun)
+                        plan.shared = SharedCompositions(config_name, lines)
                 key = cell_key(cell)
                 if known.get(key) and plan_cell_complete(plan, key, known[key]):
                     hashes[key] = known[key]
                     plan.kept.add(key)
                     continue
-                cfg = compose_cached(config_name, cell, cache)
+                cfg = compose_cached(config_name, cell, cache, plan.shared)
                 check_cell(cfg, remote)
                 hashes[key] = config_hash(cfg)
         except CONFIG_ERRORS as exc:

@@ -204,3 +204,32 @@ def test_joblib_batches_cover_every_cell_once_in_order():
     assert [c for b in batches for c in b] == cells
     assert _core.chunks(cells[:2], 4) == [[0], [1]]
     assert plugin.BatchedJoblibLauncher.__mro__[1].__name__ == "JoblibLauncher"
+
+
+def test_the_pre_checks_compositions_give_the_launcher_the_same_files(tmp_path, monkeypatch):
+    """The launcher takes the pre-check's composition of each combination instead of
+    composing it again: every file of every cell is the same as without sharing."""
+    from hydra._internal.config_loader_impl import ConfigLoaderImpl
+
+    grid = ["objective=gaussian_quadratic,categorical_linear", "estimator=reinforce,reparam"]
+    calls = []
+    real = ConfigLoaderImpl.load_configuration
+    monkeypatch.setattr(
+        ConfigLoaderImpl, "load_configuration", lambda *a, **k: calls.append(1) or real(*a, **k)
+    )
+
+    def run_and_read() -> tuple[dict[str, str], int]:
+        calls.clear()
+        assert sweep(tmp_path, *grid, "n_samples=1,2", "resume=false") == 0
+        texts = {
+            str(p.relative_to(tmp_path)): p.read_text()
+            for p in sorted(tmp_path.glob("*/.hydra/*.yaml"))
+        }
+        return texts, len(calls)
+
+    with monkeypatch.context() as alone:
+        alone.setattr(precheck, "SharedCompositions", lambda *args: None)
+        files_alone, composed_alone = run_and_read()
+    files_shared, composed_shared = run_and_read()
+    assert len(files_alone) == 8 * 3 and files_shared == files_alone
+    assert composed_alone - composed_shared == 4  # one per combination, in the launcher

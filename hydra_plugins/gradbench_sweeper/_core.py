@@ -93,14 +93,37 @@ class CachingConfigLoader:
     loader's.
     """
 
-    def __init__(self, loader: Any, token: str | None = None) -> None:
+    def __init__(self, loader: Any, shared: Any = None) -> None:
         self.loader = loader
-        self.token = token or uuid.uuid4().hex
+        self.token = uuid.uuid4().hex
+        # The pre-check's compositions (benchmarks.precheck.SharedCompositions), used where
+        # the sweep's Hydra overrides are those it composed with; this process only.
+        self.shared = shared
 
     def __getattr__(self, name: str) -> Any:
         if name == "loader":  # during unpickling, before __dict__ is set
             raise AttributeError(name)
         return getattr(self.loader, name)
+
+    def __getstate__(self) -> dict:
+        return {**self.__dict__, "shared": None}  # workers compose their own
+
+    def _composed(self, config_name: str, hydra_lines: list, structural: list) -> DictConfig:
+        shared = self.shared
+        group_exists = self.loader.repository.group_exists
+        additions = [o for o in structural if not o.is_hydra_override()]
+        additions = [o for o in additions if not group_exists(o.key_or_group)]
+        # The pre-check composed the lines in sorted order: the same config where at most
+        # one of them is a config override (group choices commute).
+        if shared is not None and shared.hydra_lines == hydra_lines and len(additions) <= 1:
+            lines = tuple(sorted(o.input_line for o in structural if not o.is_hydra_override()))
+            if lines in shared.full:
+                return shared.full[lines]
+        return self.loader.load_configuration(
+            config_name=config_name,
+            overrides=[o.input_line for o in structural],
+            run_mode=RunMode.RUN,
+        )
 
     def load_sweep_config(self, master_config: DictConfig, sweep_overrides: list[str]):
         if _TOKEN[0] != self.token:  # a new sweep: configs on disk may have changed
@@ -123,10 +146,8 @@ class CachingConfigLoader:
             return self.loader.load_sweep_config(master_config, sweep_overrides)
         key = (self.token, tuple(o.input_line for o in structural))
         if key not in _COMPOSED:
-            _COMPOSED[key] = self.loader.load_configuration(
-                config_name=master_config.hydra.job.config_name,
-                overrides=[o.input_line for o in structural],
-                run_mode=RunMode.RUN,
+            _COMPOSED[key] = self._composed(
+                master_config.hydra.job.config_name, hydra_lines, structural
             )
         cfg = copy.deepcopy(_COMPOSED[key])
         try:

@@ -106,7 +106,11 @@ class GradbenchSweeper(BasicSweeper):
     def setup(
         self, *, hydra_context: HydraContext, task_function: TaskFunction, config: DictConfig
     ) -> None:
-        loader = _core.CachingConfigLoader(hydra_context.config_loader)
+        from benchmarks.precheck import planned_sweep
+
+        plan = planned_sweep(Path(str(config.hydra.sweep.dir)))
+        shared = plan.shared if plan is not None else None
+        loader = _core.CachingConfigLoader(hydra_context.config_loader, shared)
         context = HydraContext(config_loader=loader, callbacks=hydra_context.callbacks)
         launcher_cfg = config.hydra.launcher
         if str(launcher_cfg.get("_target_")) == JOBLIB_TARGET:
