@@ -497,6 +497,9 @@ def _plan(first, overrides, config_name, config_dir, multirun, cells) -> Plan:
     exclude_keys = list(dict.fromkeys(["sweep", *RESULT_NEUTRAL_KEYS, *fixed]))
     exclude = ",".join(repr(k) for k in exclude_keys)
     added.append(f"hydra.job.config.override_dirname.exclude_keys=[{exclude}]")
+    per_task = hydra_cfg.sweeper.get("cells_per_task", 1)
+    if not isinstance(per_task, int) or per_task < 1:
+        raise UsageError(f"hydra.sweeper.cells_per_task must be at least 1, got {per_task}")
     if str(hydra_cfg.launcher._target_).endswith(".SlurmLauncher") and not shutil.which("sbatch"):
         raise UsageError(
             "hydra/launcher=submitit_slurm needs Slurm, and sbatch is not on this machine's "

@@ -69,14 +69,20 @@ def assert_cheap_equals_hydra(overrides: list[str], stride: int = 1) -> int:
     return len(cells[::stride])
 
 
+def preset(conf, name: str, body: str, params: dict[str, str]):
+    """A user's preset ``conf/sweep/NAME.yaml``: top-level ``body``, swept ``params``."""
+    path = conf / "sweep" / f"{name}.yaml"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    swept = "".join(f"      {key}: {values}\n" for key, values in params.items())
+    path.write_text(f"# @package _global_\n{body}hydra:\n  sweeper:\n    params:\n{swept}")
+    return path
+
+
 def test_cheap_cell_configs_equal_hydras_own_composition(tmp_path):
-    extra = tmp_path / "conf" / "sweep"
-    extra.mkdir(parents=True)
-    (extra / "mixed.yaml").write_text(
-        "# @package _global_\nhydra:\n  mode: MULTIRUN\n  sweeper:\n    params:\n"
-        "      estimator: gumbel_softmax,straight_through\n      objective: categorical_linear\n"
-        "      estimator.temperature: 0.3,1\n      +objective.extra: 1,2\n"
-    )
+    preset(tmp_path / "conf", "mixed", "", {
+        "estimator": "gumbel_softmax,straight_through", "objective": "categorical_linear",
+        "estimator.temperature": "0.3,1", "+objective.extra": "1,2",
+    })  # fmt: skip
     with hydra_context():
         n = assert_cheap_equals_hydra(
             ["sweep=mixed", f"hydra.searchpath=[file://{tmp_path / 'conf'}]", EXCLUDE,
@@ -126,14 +132,10 @@ def test_a_finished_sweep_is_kept_without_composing_or_launching_a_cell(tmp_path
 
 
 def test_an_edited_config_is_composed_again_and_its_cells_rerun(tmp_path):
-    presets = tmp_path / "conf" / "sweep"
-    presets.mkdir(parents=True)
-    preset = presets / "tiny.yaml"
-    text = "# @package _global_\nseed: {}\nhydra:\n  sweeper:\n    params:\n      n_samples: 2,3\n"
-    preset.write_text(text.format(5))
+    preset(tmp_path / "conf", "tiny", "seed: 5\n", {"n_samples": "2,3"})
     args = ["sweep=tiny", "--config-dir", str(tmp_path / "conf"), "estimator=reinforce"]
     assert sweep(tmp_path / "out", *args) == 0
-    preset.write_text(text.format(6))
+    preset(tmp_path / "conf", "tiny", "seed: 6\n", {"n_samples": "2,3"})
     assert sweep(tmp_path / "out", *args) == 0
     records = pd.concat(pd.read_parquet(p) for p in (tmp_path / "out").glob(f"*/{RECORDS}"))
     assert len(records) == 4 and set(records["seed"]) == {6}
@@ -233,3 +235,27 @@ def test_the_pre_checks_compositions_give_the_launcher_the_same_files(tmp_path, 
     files_shared, composed_shared = run_and_read()
     assert len(files_alone) == 8 * 3 and files_shared == files_alone
     assert composed_alone - composed_shared == 4  # one per combination, in the launcher
+
+
+def test_submitit_runs_several_cells_per_task_with_the_same_records(tmp_path):
+    """``hydra.sweeper.cells_per_task=3``: 4 cells in 2 submitit tasks, the records of one
+    task per cell (the code path of hydra/launcher=submitit_slurm)."""
+    grid = ["objective=categorical_linear", "estimator=reinforce,reinforce_loo", "n_samples=2,3"]
+    frames = {}
+    for per_task in (1, 3):
+        out = tmp_path / str(per_task)
+        code = sweep(out, *grid, "hydra/launcher=submitit_local",
+                     f"hydra.sweeper.cells_per_task={per_task}")  # fmt: skip
+        assert code == 0
+        frames[per_task] = pd.concat(
+            {p.parent.name: pd.read_parquet(p) for p in sorted(out.glob(f"*/{RECORDS}"))}
+        ).drop(columns=["time_per_estimate_s", "measure_time_s", "work_normalized_var"])
+        tasks = {p.name for p in (out / ".submitit").iterdir() if p.name.isdigit()}
+        assert len(tasks) == (4 if per_task == 1 else 2), tasks
+    assert len(frames[1]) == 4 * 3  # a row per logit
+    pd.testing.assert_frame_equal(frames[1], frames[3])
+
+
+def test_cells_per_task_below_one_is_refused_in_one_line(tmp_path, capsys):
+    assert sweep(tmp_path, "n_samples=1,2", "hydra.sweeper.cells_per_task=0") == 2
+    assert "cells_per_task must be at least 1, got 0" in capsys.readouterr().err

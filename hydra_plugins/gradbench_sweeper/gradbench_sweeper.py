@@ -29,6 +29,7 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.core.utils import JobReturn
 from hydra.types import HydraContext, TaskFunction
 from hydra_plugins.hydra_joblib_launcher.joblib_launcher import JoblibLauncher
+from hydra_plugins.hydra_submitit_launcher.submitit_launcher import LocalLauncher, SlurmLauncher
 from omegaconf import DictConfig, OmegaConf
 
 from hydra_plugins.gradbench_sweeper import _core
@@ -42,6 +43,8 @@ LAUNCHER_LOGGERS = (
     "hydra_plugins.hydra_ray_launcher.ray_launcher",
 )
 JOBLIB_TARGET = "hydra_plugins.hydra_joblib_launcher.joblib_launcher.JoblibLauncher"
+# Joins the cells of one submitit task into the one override list Hydra's launcher passes.
+CELL_SEP = "\x00"
 # Batches per joblib worker: more than one, so that a worker done early takes another.
 BATCHES_PER_WORKER = 2
 
@@ -51,6 +54,9 @@ class GradbenchSweeperConf:
     _target_: str = "hydra_plugins.gradbench_sweeper.gradbench_sweeper.GradbenchSweeper"
     max_batch_size: Optional[int] = None  # noqa: UP045
     params: Optional[Dict[str, str]] = None  # noqa: UP006, UP045
+    # Under hydra/launcher=submitit_local or submitit_slurm: cells run one after another in
+    # each task (a Slurm array task), where a task per cell would be mostly start-up.
+    cells_per_task: int = 1
 
 
 ConfigStore.instance().store(
@@ -86,6 +92,43 @@ class BatchedJoblibLauncher(JoblibLauncher):
         return [ret for batch in runs for ret in batch]
 
 
+class BatchedSubmitit:
+    """Hydra's submitit launcher (local or Slurm), running ``cells_per_task`` cells in
+    each task: the cells of a task travel as one override list, joined by ``CELL_SEP``."""
+
+    cells_per_task = 1
+
+    def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int):
+        k = self.cells_per_task
+        groups = [list(job_overrides[i : i + k]) for i in range(0, len(job_overrides), k)]
+        tasks = [[CELL_SEP.join(cell) for cell in group] for group in groups]
+        self._first = {initial_job_idx + i: i * k for i in range(len(groups))}
+        runs = super().launch(tasks, initial_job_idx)
+        return [ret for batch in runs for ret in batch]
+
+    def __call__(self, sweep_overrides, job_dir_key, job_num, job_id, singleton_state):
+        # Hydra's own per-cell call, by function: in a task, Hydra's plugin scan has made
+        # new plugin classes, so super() cannot find this one's place among them.
+        run_one = LocalLauncher.__call__
+        first = self._first[job_num]
+        return [
+            run_one(self, cell.split(CELL_SEP) if cell else [], job_dir_key, first + i, job_id,
+                    singleton_state)
+            for i, cell in enumerate(sweep_overrides)
+        ]  # fmt: skip
+
+
+class BatchedLocalLauncher(BatchedSubmitit, LocalLauncher):
+    """``hydra/launcher=submitit_local`` with ``hydra.sweeper.cells_per_task`` > 1."""
+
+
+class BatchedSlurmLauncher(BatchedSubmitit, SlurmLauncher):
+    """``hydra/launcher=submitit_slurm`` with ``hydra.sweeper.cells_per_task`` > 1."""
+
+
+BATCHED_SUBMITIT = {"LocalLauncher": BatchedLocalLauncher, "SlurmLauncher": BatchedSlurmLauncher}
+
+
 def execute_cells(batch, hydra_context, config, task_function, singleton_state) -> list:
     """Run a batch of cells in a joblib worker, as Hydra's ``execute_job`` runs one."""
     from hydra.core.singleton import Singleton
@@ -103,6 +146,14 @@ def execute_cells(batch, hydra_context, config, task_function, singleton_state) 
 class GradbenchSweeper(BasicSweeper):
     """Hydra's basic sweeper that launches only the cells with work to do (module doc)."""
 
+    def __init__(self, max_batch_size=None, params=None, cells_per_task: int = 1) -> None:
+        super().__init__(max_batch_size=max_batch_size, params=params)
+        if cells_per_task < 1:
+            raise ValueError(
+                f"hydra.sweeper.cells_per_task must be at least 1, got {cells_per_task}"
+            )
+        self.cells_per_task = cells_per_task
+
     def setup(
         self, *, hydra_context: HydraContext, task_function: TaskFunction, config: DictConfig
     ) -> None:
@@ -113,14 +164,19 @@ class GradbenchSweeper(BasicSweeper):
         loader = _core.CachingConfigLoader(hydra_context.config_loader, shared)
         context = HydraContext(config_loader=loader, callbacks=hydra_context.callbacks)
         launcher_cfg = config.hydra.launcher
-        if str(launcher_cfg.get("_target_")) == JOBLIB_TARGET:
-            self.hydra_context, self.config = context, config
-            params = OmegaConf.to_container(launcher_cfg, resolve=True)
-            params.pop("_target_")
+        target = str(launcher_cfg.get("_target_"))
+        params = OmegaConf.to_container(launcher_cfg, resolve=True)
+        params.pop("_target_")
+        if target == JOBLIB_TARGET:
             self.launcher = BatchedJoblibLauncher(**params)
-            self.launcher.setup(hydra_context=context, task_function=task_function, config=config)
+        elif target.rsplit(".", 1)[-1] in BATCHED_SUBMITIT and self.cells_per_task > 1:
+            self.launcher = BATCHED_SUBMITIT[target.rsplit(".", 1)[-1]](**params)
+            self.launcher.cells_per_task = self.cells_per_task
         else:
             super().setup(hydra_context=context, task_function=task_function, config=config)
+            return
+        self.hydra_context, self.config = context, config
+        self.launcher.setup(hydra_context=context, task_function=task_function, config=config)
 
     def sweep(self, arguments: list[str]) -> Any:
         from benchmarks.precheck import Plan, cell_key, planned_sweep
