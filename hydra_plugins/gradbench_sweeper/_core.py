@@ -9,7 +9,6 @@ Hydra's plugin scan imports every module of ``hydra_plugins`` whose name does no
 from __future__ import annotations
 
 import copy
-import os
 import sys
 import time
 import uuid
@@ -217,7 +216,3 @@ def chunks(items: list, count: int) -> list[list]:
         out.append(items[start:end])
         start = end
     return out
-
-
-def pid() -> int:
-    return os.getpid()
