@@ -7,9 +7,11 @@ BIN    := $(VENV)/bin
 
 setup: $(VENV)/.installed
 
+# editable_mode=compat puts the repository on sys.path, where Hydra's plugin scan finds
+# hydra_plugins/gradbench_sweeper (the default editable finder hides it from pkgutil).
 $(VENV)/.installed: pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install -q -c constraints.txt -e '.[dev]'
+	$(BIN)/pip install -q -c constraints.txt -e '.[dev]' --config-settings editable_mode=compat
 	touch $@
 
 ## test: the default test suite (a few minutes on 2 cores)

@@ -46,7 +46,7 @@ def summarise(folder: Path, started: float | None = None) -> int:
 
 
 def cmd_run(args: Sequence[str]) -> int:
-    from benchmarks.precheck import check_run, normalise_overrides, split_args
+    from benchmarks.precheck import check_run, forget_plan, normalise_overrides, split_args
 
     overrides, flags, multirun = split_args(args)
     overrides = normalise_overrides(overrides)
@@ -63,7 +63,10 @@ def cmd_run(args: Sequence[str]) -> int:
         hydra_args += [flag, value] if value else [flag]
     sys.argv = ["gradbench run", *hydra_args]
     started = time.time()
-    run.main()
+    try:
+        run.main()
+    finally:
+        forget_plan()
     if plan is not None and plan.multirun:
         return 1 if summarise(plan.output_dir, started) else 0
     return 0

@@ -17,8 +17,10 @@ The option table of ``gradbench list`` composes configs too, and lives here as w
 from __future__ import annotations
 
 import copy
+import functools
 import hashlib
 import itertools
+import json
 import math
 import os
 import re
@@ -34,16 +36,21 @@ from hydra.core.global_hydra import GlobalHydra
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.core.override_parser.types import OverrideType
 from hydra.errors import HydraException, OverrideParseException
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, open_dict
 from omegaconf.errors import OmegaConfBaseException
 
 from benchmarks.config import (
+    ENTRY_POINT_GROUP,
     RESULT_NEUTRAL_KEYS,
     build,
     build_cell,
+    cell_dirname,
+    config_hash,
+    config_path,
     hydra_context,
 )
 from benchmarks.errors import ConfigError, UsageError
+from benchmarks.storage import RECORDS, records_complete, write_atomic
 
 GROUPS = ("estimator", "objective", "task", "data", "sweep", "hydra/launcher")
 # Flags of Hydra's own command line that take a value.
@@ -211,18 +218,20 @@ def _is_plain_value(override) -> bool:
     )
 
 
-def compose_cached(config_name: str, cell: list[str], cache: dict) -> DictConfig:
+def compose_cached(config_name: str, cell: list[str], cache: dict, composer=None) -> DictConfig:
     """``compose(config_name, overrides=cell)``, sharing work between similar cells.
 
     Composing costs Hydra a tenth of a second or more; cells that differ only in plain
     values share one composition, and the values are set on a copy, as Hydra sets them.
     Group choices, additions, deletions and Hydra's own keys change what is composed, so
     they key the cache. On any error the cell is composed in full, for Hydra's own message.
+    ``composer(structural)`` composes a combination where given (``SharedCompositions``).
     """
     parsed = OverridesParser.create().parse_overrides(cell)
     structural = tuple(o.input_line for o in parsed if not _is_plain_value(o))
     if structural not in cache:
-        cache[structural] = compose(config_name, overrides=list(structural))
+        make = composer or (lambda lines: compose(config_name, overrides=list(lines)))
+        cache[structural] = make(structural)
     cfg = copy.deepcopy(cache[structural])
     try:
         for override in parsed:
@@ -233,6 +242,58 @@ def compose_cached(config_name: str, cell: list[str], cache: dict) -> DictConfig
     return cfg
 
 
+# The job name Hydra gives ``benchmarks.run``'s task function (its file's name): it is part
+# of every composed config (hydra.job.name).
+JOB_NAME = "run"
+
+
+class SharedCompositions:
+    """The pre-check's compositions, made as the in-process launcher will make them.
+
+    Each combination of config groups is composed with the Hydra overrides the CLI will
+    hand to Hydra and Hydra's job name, so that the sweeper's config loader
+    (hydra_plugins/gradbench_sweeper) can take it instead of composing it again when the
+    sweep's Hydra overrides are indeed these (``hydra_lines``). The pre-check checks the
+    same composition without its ``hydra`` node, which is what ``compose`` returns.
+    """
+
+    def __init__(self, config_name: str, hydra_lines: list[str]) -> None:
+        self.config_name = config_name
+        self.hydra_lines = hydra_lines
+        self.full: dict[tuple[str, ...], DictConfig] = {}
+
+    def __call__(self, structural: Sequence[str]) -> DictConfig:
+        from hydra.core.utils import JobRuntime
+        from hydra.types import RunMode
+
+        lines = sorted(line for line in structural if not parse_one(line).is_hydra_override())
+        runtime = JobRuntime.instance()
+        name = runtime.get("name")
+        runtime.set("name", JOB_NAME)
+        loader = GlobalHydra.instance().config_loader()
+        try:
+            overrides = [*self.hydra_lines, *lines]
+            full = loader.load_configuration(self.config_name, overrides, run_mode=RunMode.RUN)
+        finally:
+            runtime.set("name", name)
+        self.full[tuple(lines)] = full
+        cfg = copy.deepcopy(full)
+        with open_dict(cfg):
+            del cfg["hydra"]
+        return cfg
+
+
+def launcher_hydra_lines(overrides: list[str], plan, first: DictConfig, flag: bool) -> list[str]:
+    """The Hydra overrides the sweep's master config will list, in Hydra's order: the
+    command's, the CLI's additions, and ``hydra.mode=MULTIRUN`` where Hydra adds it (``-m``
+    given, the config not setting the mode)."""
+    parsed = OverridesParser.create().parse_overrides([*overrides, *plan.added])
+    lines = [o.input_line for o in parsed if o.is_hydra_override()]
+    if flag and first.hydra.mode is None:
+        lines.append("hydra.mode=MULTIRUN")
+    return lines
+
+
 @dataclass
 class Plan:
     """What a checked ``gradbench run`` will do, and the overrides the CLI adds for it."""
@@ -241,32 +302,173 @@ class Plan:
     output_dir: Path  # the run folder, or the sweep folder of a multirun
     cells: int
     added: list[str] = field(default_factory=list)
+    # The fingerprint (``config_hash``) of every cell, by ``cell_key``, and the cells found
+    # complete (kept, not run).
+    hashes: dict[tuple[str, ...], str] = field(default_factory=dict)
+    kept: set[tuple[str, ...]] = field(default_factory=set)
+    # Keys left out of a cell's folder name (``hydra.job.config.override_dirname``), and
+    # whether cell folders are named as conf/config.yaml names them (else only Hydra knows).
+    exclude_keys: list[str] = field(default_factory=list)
+    cell_folders: bool = False
+    # The pre-check's compositions, for the launcher (None where they cannot be shared).
+    shared: SharedCompositions | None = None
+
+    def cell_folder(self, key: tuple[str, ...]) -> Path | None:
+        """The folder of the cell ``key`` (a ``cell_key``), as its job will name it."""
+        from hydra._internal.config_loader_impl import get_overrides_dirname
+
+        if not self.cell_folders:
+            return None
+        parsed = [parse_one(line) for line in key]
+        name = get_overrides_dirname(parsed, self.exclude_keys, item_sep=",", kv_sep="=")
+        return self.output_dir / cell_dirname(name)
+
+
+# The file in a sweep folder with the fingerprint of every cell the pre-check composed, and
+# of what they were composed from: a run of the same command from the same configs finds
+# its complete cells without composing them again.
+PLAN_FILE = ".gradbench-plan.json"
+# gradbench's own cell folder setting (conf/config.yaml).
+CELL_SUBDIR = "${gradbench.cell_dir:${hydra.job.override_dirname}}"
+
+
+# The plan of the sweep this process is about to run, for the sweeper
+# (hydra_plugins/gradbench_sweeper): the cells it lists are checked, and their fingerprints
+# tell complete cells without composing them. Set by ``check_run``, cleared by the CLI.
+_planned: dict[str, Plan] = {}
+
+
+@functools.lru_cache(maxsize=100_000)
+def parse_one(line: str):
+    """One override, parsed (Hydra's parser takes milliseconds a line; sweeps repeat lines).
+    The result is shared: read it, do not change it."""
+    return OverridesParser.create().parse_overrides([line])[0]
+
+
+def cell_key(cell: Sequence[str]) -> tuple[str, ...]:
+    """A cell's overrides other than Hydra's, in one spelling and order (a cell's identity)."""
+    return tuple(sorted(
+        f"{o.get_key_element()}={o.get_value_element_as_str()}"
+        for o in map(parse_one, cell)
+        if not o.is_hydra_override()
+    ))  # fmt: skip
+
+
+def planned_sweep(sweep_dir: Path) -> Plan | None:
+    """The pre-check's plan of the sweep into ``sweep_dir``: which cells it checked, their
+    fingerprints, which it found complete (None where the sweep runs without the pre-check)."""
+    plan = _planned.get("sweep")
+    if plan is None or plan.output_dir.resolve() != Path(sweep_dir).resolve():
+        return None
+    return plan
+
+
+def forget_plan() -> None:
+    _planned.clear()
 
 
 def check_run(overrides: list[str], flags: dict[str, str], multirun: bool = False) -> Plan:
     """Compose and build every cell; raise ``UsageError`` on the first bad one.
 
-    Also checks what Hydra would otherwise report with a traceback: a sweep without
-    ``-m``, a results folder that cannot be written, Slurm's launcher without Slurm.
+    A cell of a sweep run before from the same configs (``PLAN_FILE``) whose records are
+    complete is not composed again: it will not run. Also checks what Hydra would
+    otherwise report with a traceback: a sweep without ``-m``, a results folder that
+    cannot be written, Slurm's launcher without Slurm.
     """
     config_name = flags.get("--config-name") or flags.get("-cn") or "config"
     config_dir = flags.get("--config-dir") or flags.get("-cd")
     overrides = [*overrides, *config_dir_override(config_dir)]
+    forget_plan()
     with hydra_context():
         try:
             fixed, axes = sweep_axes(overrides, config_name)
+            cells = math.prod(len(values) for values in axes.values())
             cache: dict = {}
+            hashes = {}
             for i, cell in enumerate(cells_to_check(fixed, axes)):
                 if i == 0:
                     first = compose(config_name, overrides=cell, return_hydra_config=True)
                     remote = runs_elsewhere(first.hydra, multirun)
-                check_cell(compose_cached(config_name, cell, cache), remote)
-            cells = math.prod(len(values) for values in axes.values())
-            plan = _plan(first, overrides, config_name, config_dir, multirun, cells)
+                    plan = _plan(first, overrides, config_name, config_dir, multirun, cells)
+                    inputs = inputs_fingerprint(overrides, config_name, config_dir)
+                    known = known_complete(plan, first, inputs, "resume" in axes)
+                    if plan.multirun and config_dir is None:
+                        lines = launcher_hydra_lines(overrides, plan, first, multirun)
+                        plan.shared = SharedCompositions(config_name, lines)
+                key = cell_key(cell)
+                if known.get(key) and plan_cell_complete(plan, key, known[key]):
+                    hashes[key] = known[key]
+                    plan.kept.add(key)
+                    continue
+                cfg = compose_cached(config_name, cell, cache, plan.shared)
+                check_cell(cfg, remote)
+                hashes[key] = config_hash(cfg)
         except CONFIG_ERRORS as exc:
             raise UsageError(one_line(exc)) from exc
     check_writable(plan.output_dir)
+    if plan.multirun:
+        plan.hashes = hashes
+        _planned["sweep"] = plan
+        if len(hashes) == cells:
+            write_plan(plan, inputs)
     return plan
+
+
+def inputs_fingerprint(overrides: list[str], config_name: str, config_dir: str | None) -> str:
+    """A fingerprint of what a sweep's cells are composed from: the command's overrides,
+    every config file of the search path, the installed estimator entry points, and the
+    versions of gradbench, Hydra and OmegaConf."""
+    from importlib.metadata import entry_points, version
+
+    # How cells run (the launcher, threads) changes neither what is composed for a cell nor
+    # its fingerprint; where configs are found (hydra.searchpath) does.
+    parsed = OverridesParser.create().parse_overrides(overrides)
+    parts = [config_name] + [
+        o.input_line
+        for o in parsed
+        if o.get_key_element() == "hydra.searchpath"
+        or not (o.key_or_group.startswith("hydra") or o.key_or_group in RESULT_NEUTRAL_KEYS)
+    ]
+    parts += [f"{p.name}={p.value}" for p in entry_points(group=ENTRY_POINT_GROUP)]
+    parts += [version(name) for name in ("gradbench", "hydra-core", "omegaconf")]
+    roots = [Path(config_path())] + ([Path(config_dir)] if config_dir else [])
+    digest = hashlib.sha1("\n".join(parts).encode())
+    for root in roots:
+        if not root.is_dir():  # an installed package's configs: pinned by its version
+            continue
+        for path in sorted(root.rglob("*.yaml")):
+            digest.update(f"\n{path.relative_to(root)}\n".encode())
+            digest.update(path.read_bytes())
+    return digest.hexdigest()
+
+
+def known_complete(plan: Plan, first: DictConfig, inputs: str, resume_swept: bool) -> dict:
+    """The fingerprints of a plan written for the same inputs, where cells may be kept."""
+    subdir = OmegaConf.to_container(first.hydra.sweep, resolve=False).get("subdir")
+    names = first.hydra.job.config.override_dirname
+    plan.cell_folders = (
+        plan.multirun and subdir == CELL_SUBDIR and (names.item_sep, names.kv_sep) == (",", "=")
+    )
+    if not plan.cell_folders or not first.resume or resume_swept:
+        return {}
+    try:
+        saved = json.loads((plan.output_dir / PLAN_FILE).read_text())
+    except (OSError, ValueError):
+        return {}
+    if saved.get("inputs") != inputs:
+        return {}
+    return {tuple(key.split("\n")): value for key, value in saved.get("hashes", {}).items()}
+
+
+def plan_cell_complete(plan: Plan, key: tuple[str, ...], fingerprint: str) -> bool:
+    folder = plan.cell_folder(key)
+    return folder is not None and records_complete(folder / RECORDS, fingerprint)
+
+
+def write_plan(plan: Plan, inputs: str) -> None:
+    hashes = {"\n".join(key): value for key, value in plan.hashes.items()}
+    text = json.dumps({"inputs": inputs, "hashes": hashes}, indent=0, sort_keys=True)
+    write_atomic(plan.output_dir / PLAN_FILE, lambda handle: handle.write(text.encode()))
 
 
 def _plan(first, overrides, config_name, config_dir, multirun, cells) -> Plan:
@@ -292,15 +494,19 @@ def _plan(first, overrides, config_name, config_dir, multirun, cells) -> Plan:
     # sweep is already in the sweep folder's name (or chosen with it).
     fixed = sorted({o.key_or_group for o in parsed if not o.is_sweep_override()})
     fixed = [k for k in fixed if not k.startswith("hydra")]
-    exclude = ",".join(repr(k) for k in dict.fromkeys(["sweep", *RESULT_NEUTRAL_KEYS, *fixed]))
+    exclude_keys = list(dict.fromkeys(["sweep", *RESULT_NEUTRAL_KEYS, *fixed]))
+    exclude = ",".join(repr(k) for k in exclude_keys)
     added.append(f"hydra.job.config.override_dirname.exclude_keys=[{exclude}]")
+    per_task = hydra_cfg.sweeper.get("cells_per_task", 1)
+    if not isinstance(per_task, int) or per_task < 1:
+        raise UsageError(f"hydra.sweeper.cells_per_task must be at least 1, got {per_task}")
     if str(hydra_cfg.launcher._target_).endswith(".SlurmLauncher") and not shutil.which("sbatch"):
         raise UsageError(
             "hydra/launcher=submitit_slurm needs Slurm, and sbatch is not on this machine's "
             "PATH; run from a Slurm login node, or try the same path here with "
             "hydra/launcher=submitit_local"
         )
-    return Plan(True, sweep_dir, cells, added)
+    return Plan(True, sweep_dir, cells, added, exclude_keys=exclude_keys)
 
 
 def sweep_folder(parsed, config_name: str, config_dir: str | None) -> Path:

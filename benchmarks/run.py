@@ -87,7 +87,8 @@ def failed_records(cfg: DictConfig, estimator_name: str, objective_name: str, re
 
 
 @hydra.main(version_base="1.3", config_path=config_path(), config_name="config")
-def main(cfg: DictConfig) -> None:
+def main(cfg: DictConfig) -> str:
+    """Run one cell; return ``kept``, ``ok`` or ``failed`` (what a sweep's progress counts)."""
     hydra_cfg = HydraConfig.get()
     out = Path(hydra_cfg.runtime.output_dir)
     choices = hydra_cfg.runtime.choices
@@ -96,7 +97,7 @@ def main(cfg: DictConfig) -> None:
     fingerprint = config_hash(cfg)
     if in_sweep and cfg.resume and records_complete(out / RECORDS, fingerprint):
         print(f"gradbench: {out.name}: complete, not run again (resume=false re-runs it)")
-        return
+        return "kept"
     remove_stale_temporaries(out)
     (out / ERROR_LOG).unlink(missing_ok=True)  # from an earlier, failed attempt
     threads = cfg.threads
@@ -104,6 +105,7 @@ def main(cfg: DictConfig) -> None:
         threads = launcher_threads(hydra_cfg.launcher)
     if threads is not None:
         torch.set_num_threads(threads)
+    outcome = "ok"
     try:
         records = run_cell(cfg, estimator_name, objective_name)
     except Exception as exc:  # a sweep goes on past a cell that crashes
@@ -115,6 +117,7 @@ def main(cfg: DictConfig) -> None:
         reason = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
         (out / ERROR_LOG).write_text(traceback.format_exc())
         records = failed_records(cfg, estimator_name, objective_name, reason)
+        outcome = "failed"
         print(f"gradbench: cell failed ({reason}); traceback in {out / ERROR_LOG}", file=sys.stderr)
     records["config_hash"] = fingerprint
     records["threads"] = torch.get_num_threads()
@@ -124,6 +127,7 @@ def main(cfg: DictConfig) -> None:
         for note in bias_notes(records):
             print(note)
         print(f"records: {out / RECORDS}")
+    return outcome
 
 
 if __name__ == "__main__":

@@ -198,3 +198,17 @@ def test_every_task_has_settings_and_a_function():
     assert set(TASKS) == set(TASK_SETTINGS) == {"variance", "train"}
     tasks = {p.stem for p in (ROOT / "conf" / "task").glob("*.yaml")}
     assert tasks == set(TASKS)
+
+
+# The sweeper plugin is Hydra plumbing outside the package: of gradbench it reads the door
+# (cell folders, fingerprints), the storage of records and the pre-check's plan, nothing
+# below the door.
+PLUGIN_USES = {"benchmarks", "benchmarks.config", "benchmarks.storage", "benchmarks.precheck"}
+
+
+def test_the_sweeper_plugin_uses_only_the_door_storage_and_the_plan():
+    files = sorted((ROOT / "hydra_plugins").rglob("*.py"))
+    assert any(p.name == "gradbench_sweeper.py" for p in files)
+    for path in files:
+        used = {n for n in imported_names(path, ROOT) if n.split(".")[0] in PACKAGES}
+        assert used <= PLUGIN_USES, (relative(path), used - PLUGIN_USES)

@@ -1,0 +1,218 @@
+"""The work of gradbench's sweeper: cheap per-cell configs, complete cells found without
+composing, batches of cells per worker, and one progress line.
+
+Hydra's plugin scan imports every module of ``hydra_plugins`` whose name does not start with
+``_`` (and runs it again if it is already imported), so the state that must outlive a scan
+(the composition cache) lives here.
+"""
+
+from __future__ import annotations
+
+import copy
+import sys
+import time
+import uuid
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from hydra.core.override_parser.types import Override, OverrideType
+from hydra.types import RunMode
+from omegaconf import DictConfig, OmegaConf, open_dict
+from omegaconf.errors import OmegaConfBaseException
+
+# The cell folder setting of conf/config.yaml: with it, a cell's folder follows from its
+# overrides alone.
+CELL_SUBDIR = "${gradbench.cell_dir:${hydra.job.override_dirname}}"
+
+# Compositions by (sweep token, structural overrides): one per combination of config-group
+# choices in each process (the command's, and each joblib worker's).
+_COMPOSED: dict[tuple, DictConfig] = {}
+_TOKEN: list[str] = [""]
+
+
+def parse(lines: Sequence[str]) -> list[Override]:
+    """Overrides parsed one line at a time, each line once per process (shared: read only)."""
+    from benchmarks.precheck import parse_one
+
+    return [parse_one(line) for line in lines]
+
+
+def is_plain_value(override: Override, group_exists) -> bool:
+    """A change of one value (``n_samples=10``, ``objective.sigma=2``), not of what is
+    composed: Hydra applies it to the composed config with ``OmegaConf.update``, as is done
+    here on a copy of the composition without it."""
+    return (
+        override.type == OverrideType.CHANGE
+        and override.package is None
+        and not override.is_sweep_override()
+        and not override.is_hydra_override()
+        and not isinstance(override.value(), dict)
+        and not group_exists(override.key_or_group)
+    )
+
+
+def _overlaps(key: str, others: Sequence[str]) -> bool:
+    return any(k == key or k.startswith(f"{key}.") or key.startswith(f"{k}.") for k in others)
+
+
+def override_dirname(master: DictConfig, task_lines: Sequence[str]) -> str:
+    """``hydra.job.override_dirname`` of a cell, as Hydra's config loader computes it."""
+    from hydra._internal.config_loader_impl import get_overrides_dirname
+
+    settings = master.hydra.job.config.override_dirname
+    return get_overrides_dirname(
+        overrides=parse(task_lines),
+        exclude_keys=list(settings.exclude_keys),
+        item_sep=settings.item_sep,
+        kv_sep=settings.kv_sep,
+    )
+
+
+def cell_folder(master: DictConfig, task_lines: Sequence[str]) -> Path | None:
+    """A cell's output folder without composing its config, or None where the sweep's
+    ``hydra.sweep.subdir`` is not gradbench's (then only a composition can say)."""
+    from benchmarks.config import cell_dirname
+
+    sweep = OmegaConf.to_container(master.hydra.sweep, resolve=False)
+    if sweep.get("subdir") != CELL_SUBDIR:
+        return None
+    return Path(str(master.hydra.sweep.dir)) / cell_dirname(override_dirname(master, task_lines))
+
+
+class CachingConfigLoader:
+    """Hydra's config loader, composing each combination of config-group choices once.
+
+    ``load_sweep_config`` (what every launcher calls for each cell) composes the cell's
+    structural overrides (group choices, additions, deletions, Hydra's own keys) once per
+    process, and sets the plain values on a copy, with ``OmegaConf.update`` as Hydra does;
+    ``hydra.overrides.task`` and ``hydra.job.override_dirname`` are then those of the whole
+    cell. A plain value whose key overlaps a structural override's, or one that fails, is
+    composed in full (Hydra's own result, or its own error). Everything else is the wrapped
+    loader's.
+    """
+
+    def __init__(self, loader: Any, shared: Any = None) -> None:
+        self.loader = loader
+        self.token = uuid.uuid4().hex
+        # The pre-check's compositions (benchmarks.precheck.SharedCompositions), used where
+        # the sweep's Hydra overrides are those it composed with; this process only.
+        self.shared = shared
+
+    def __getattr__(self, name: str) -> Any:
+        if name == "loader":  # during unpickling, before __dict__ is set
+            raise AttributeError(name)
+        return getattr(self.loader, name)
+
+    def __getstate__(self) -> dict:
+        return {**self.__dict__, "shared": None}  # workers compose their own
+
+    def _composed(self, config_name: str, hydra_lines: list, structural: list) -> DictConfig:
+        shared = self.shared
+        group_exists = self.loader.repository.group_exists
+        additions = [o for o in structural if not o.is_hydra_override()]
+        additions = [o for o in additions if not group_exists(o.key_or_group)]
+        # The pre-check composed the lines in sorted order: the same config where at most
+        # one of them is a config override (group choices commute).
+        if shared is not None and shared.hydra_lines == hydra_lines and len(additions) <= 1:
+            lines = tuple(sorted(o.input_line for o in structural if not o.is_hydra_override()))
+            if lines in shared.full:
+                return shared.full[lines]
+        return self.loader.load_configuration(
+            config_name=config_name,
+            overrides=[o.input_line for o in structural],
+            run_mode=RunMode.RUN,
+        )
+
+    def load_sweep_config(self, master_config: DictConfig, sweep_overrides: list[str]):
+        if _TOKEN[0] != self.token:  # a new sweep: configs on disk may have changed
+            _COMPOSED.clear()
+            _TOKEN[0] = self.token
+        hydra_lines = list(OmegaConf.to_container(master_config.hydra.overrides.hydra))
+        parsed = parse([*hydra_lines, *sweep_overrides])
+        group_exists = self.loader.repository.group_exists
+        is_plain = [is_plain_value(o, group_exists) for o in parsed]
+        plain = [o for o, p in zip(parsed, is_plain, strict=True) if p]
+        structural = [o for o, p in zip(parsed, is_plain, strict=True) if not p]
+        # Additions and deletions are applied in order with the plain values: where their
+        # keys meet, only Hydra's own order gives Hydra's result.
+        config_keys = [
+            o.key_or_group
+            for o in structural
+            if not o.is_hydra_override() and not group_exists(o.key_or_group)
+        ]
+        if any(_overlaps(o.key_or_group, config_keys) for o in plain):
+            return self.loader.load_sweep_config(master_config, sweep_overrides)
+        key = (self.token, tuple(o.input_line for o in structural))
+        if key not in _COMPOSED:
+            _COMPOSED[key] = self._composed(
+                master_config.hydra.job.config_name, hydra_lines, structural
+            )
+        cfg = copy.deepcopy(_COMPOSED[key])
+        try:
+            for override in plain:
+                OmegaConf.update(cfg, override.key_or_group, override.value(), merge=True)
+        except OmegaConfBaseException:
+            return self.loader.load_sweep_config(master_config, sweep_overrides)
+        task = [o.input_line for o in parsed if not o.is_hydra_override()]
+        with open_dict(cfg.hydra):
+            cfg.hydra.overrides.task = task
+            cfg.hydra.job.override_dirname = override_dirname(cfg, task)
+        OmegaConf.copy_cache(from_config=master_config, to_config=cfg)
+        return cfg
+
+
+class Progress:
+    """One line for the whole sweep: cells done of total, kept, failed, and the time left.
+
+    On a terminal (stderr is a tty) the line is rewritten in place after every cell; in a
+    log or CI nothing is written until the summary (the CLI prints the start line and the
+    final table).
+    """
+
+    def __init__(self, total: int, stream=None) -> None:
+        self.stream = stream or sys.stderr
+        self.live = self.stream.isatty()
+        self.total, self.kept, self.ran, self.failed = total, 0, 0, 0
+        self.started = time.monotonic()
+
+    def line(self) -> str:
+        done = self.kept + self.ran
+        text = f"cells {done}/{self.total}: {self.kept} kept, {self.failed} failed"
+        if self.ran and done < self.total:
+            per_cell = (time.monotonic() - self.started) / self.ran
+            text += f", about {per_cell * (self.total - done):.0f} s left"
+        return text
+
+    def update(self, kept: int = 0, ran: int = 0, failed: int = 0) -> None:
+        self.kept += kept
+        self.ran += ran
+        self.failed += failed
+        if self.live:
+            self.stream.write(f"\r\x1b[Kgradbench: {self.line()}")
+            self.stream.flush()
+
+    def close(self) -> None:
+        if self.live:
+            self.stream.write("\n")
+            self.stream.flush()
+
+
+def cpu_workers(n_jobs: int | None) -> int:
+    """The worker processes joblib starts for ``n_jobs`` (negative: CPUs + 1 + n_jobs)."""
+    from benchmarks.config import available_cpus
+
+    n = int(n_jobs or -1)
+    return n if n > 0 else max(1, available_cpus() + 1 + n)
+
+
+def chunks(items: list, count: int) -> list[list]:
+    """``items`` cut into ``count`` runs of nearly equal length, in order."""
+    count = max(1, min(count, len(items)))
+    size, extra = divmod(len(items), count)
+    out, start = [], 0
+    for i in range(count):
+        end = start + size + (i < extra)
+        out.append(items[start:end])
+        start = end
+    return out

@@ -1,0 +1,268 @@
+"""``hydra/sweeper=gradbench``: Hydra's basic sweeper, with the harness's own cost cut.
+
+The cells are the basic sweeper's (the same ``-m`` grammar, the same ``hydra.sweeper.params``
+of a preset, the command line winning). What it does differently:
+
+- A cell whose records are complete for its configuration (``resume=true``) is recognised
+  from its folder, which follows from its overrides, and the fingerprint the CLI's pre-check
+  computed for it (or one cheap composition), and is not launched at all.
+- Cells the pre-check composed and built are not composed again to validate them (Hydra's
+  ``validate_batch_is_legal``); a sweep run without the pre-check is validated as before.
+- The launcher gets a config loader that composes each combination of config-group choices
+  once per process and sets plain values on a copy (``_core.CachingConfigLoader``); under
+  ``hydra/launcher=joblib`` each worker gets a batch of cells, so Hydra's state is sent and
+  each composition made once per batch, not once per cell.
+- Progress is one line for the whole sweep on a terminal, nothing per cell in a log.
+"""
+
+# No ``from __future__ import annotations``: Hydra's plugin scan runs this module before it is
+# in sys.modules, where dataclasses cannot resolve string annotations.
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Dict, List, Optional  # noqa: UP035 (OmegaConf reads these)
+
+from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+from hydra.core.config_store import ConfigStore
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.core.utils import JobReturn
+from hydra.types import HydraContext, TaskFunction
+from hydra_plugins.hydra_joblib_launcher.joblib_launcher import JoblibLauncher
+from hydra_plugins.hydra_submitit_launcher.submitit_launcher import LocalLauncher, SlurmLauncher
+from omegaconf import DictConfig, OmegaConf
+
+from hydra_plugins.gradbench_sweeper import _core
+
+# Loggers of the launchers that write a line per cell (``#N : overrides``).
+LAUNCHER_LOGGERS = (
+    "hydra._internal.core_plugins.basic_launcher",
+    "hydra_plugins.hydra_joblib_launcher._core",
+    "hydra_plugins.hydra_submitit_launcher.submitit_launcher",
+    "hydra_plugins.hydra_ray_launcher._core",
+    "hydra_plugins.hydra_ray_launcher.ray_launcher",
+)
+JOBLIB_TARGET = "hydra_plugins.hydra_joblib_launcher.joblib_launcher.JoblibLauncher"
+# Joins the cells of one submitit task into the one override list Hydra's launcher passes.
+CELL_SEP = "\x00"
+# Batches per joblib worker: more than one, so that a worker done early takes another.
+BATCHES_PER_WORKER = 2
+
+
+@dataclass
+class GradbenchSweeperConf:
+    _target_: str = "hydra_plugins.gradbench_sweeper.gradbench_sweeper.GradbenchSweeper"
+    max_batch_size: Optional[int] = None  # noqa: UP045
+    params: Optional[Dict[str, str]] = None  # noqa: UP006, UP045
+    # Under hydra/launcher=submitit_local or submitit_slurm: cells run one after another in
+    # each task (a Slurm array task), where a task per cell would be mostly start-up.
+    cells_per_task: int = 1
+
+
+ConfigStore.instance().store(
+    group="hydra/sweeper", name="gradbench", node=GradbenchSweeperConf, provider="gradbench"
+)
+
+
+class BatchedJoblibLauncher(JoblibLauncher):
+    """Hydra's joblib launcher, sending each worker a batch of cells in one task."""
+
+    def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int):
+        from hydra.core.singleton import Singleton
+        from hydra.core.utils import configure_log, setup_globals
+        from hydra_plugins.hydra_joblib_launcher._core import process_joblib_cfg
+        from joblib import Parallel, delayed
+
+        setup_globals()
+        configure_log(self.config.hydra.hydra_logging, self.config.hydra.verbose)
+        Path(str(self.config.hydra.sweep.dir)).mkdir(parents=True, exist_ok=True)
+        joblib_cfg = dict(self.joblib)
+        joblib_cfg["backend"] = "loky"  # as Hydra's: the threading backend cannot run jobs
+        process_joblib_cfg(joblib_cfg)
+        indexed = [(initial_job_idx + i, list(o)) for i, o in enumerate(job_overrides)]
+        workers = _core.cpu_workers(joblib_cfg.get("n_jobs"))
+        batches = _core.chunks(indexed, workers * BATCHES_PER_WORKER)
+        state = Singleton.get_state()
+        runs = Parallel(**joblib_cfg)(
+            delayed(execute_cells)(
+                batch, self.hydra_context, self.config, self.task_function, state
+            )
+            for batch in batches
+        )
+        return [ret for batch in runs for ret in batch]
+
+
+class BatchedSubmitit:
+    """Hydra's submitit launcher (local or Slurm), running ``cells_per_task`` cells in
+    each task: the cells of a task travel as one override list, joined by ``CELL_SEP``."""
+
+    cells_per_task = 1
+
+    def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int):
+        k = self.cells_per_task
+        groups = [list(job_overrides[i : i + k]) for i in range(0, len(job_overrides), k)]
+        tasks = [[CELL_SEP.join(cell) for cell in group] for group in groups]
+        self._first = {initial_job_idx + i: i * k for i in range(len(groups))}
+        runs = super().launch(tasks, initial_job_idx)
+        return [ret for batch in runs for ret in batch]
+
+    def __call__(self, sweep_overrides, job_dir_key, job_num, job_id, singleton_state):
+        # Hydra's own per-cell call, by function: in a task, Hydra's plugin scan has made
+        # new plugin classes, so super() cannot find this one's place among them.
+        run_one = LocalLauncher.__call__
+        first = self._first[job_num]
+        return [
+            run_one(self, cell.split(CELL_SEP) if cell else [], job_dir_key, first + i, job_id,
+                    singleton_state)
+            for i, cell in enumerate(sweep_overrides)
+        ]  # fmt: skip
+
+
+class BatchedLocalLauncher(BatchedSubmitit, LocalLauncher):
+    """``hydra/launcher=submitit_local`` with ``hydra.sweeper.cells_per_task`` > 1."""
+
+
+class BatchedSlurmLauncher(BatchedSubmitit, SlurmLauncher):
+    """``hydra/launcher=submitit_slurm`` with ``hydra.sweeper.cells_per_task`` > 1."""
+
+
+BATCHED_SUBMITIT = {"LocalLauncher": BatchedLocalLauncher, "SlurmLauncher": BatchedSlurmLauncher}
+
+
+def execute_cells(batch, hydra_context, config, task_function, singleton_state) -> list:
+    """Run a batch of cells in a joblib worker, as Hydra's ``execute_job`` runs one."""
+    from hydra.core.singleton import Singleton
+    from hydra.core.utils import setup_globals
+    from hydra_plugins.hydra_joblib_launcher._core import execute_job
+
+    setup_globals()
+    Singleton.set_state(singleton_state)
+    return [
+        execute_job(idx, overrides, hydra_context, config, task_function, singleton_state)
+        for idx, overrides in batch
+    ]
+
+
+class GradbenchSweeper(BasicSweeper):
+    """Hydra's basic sweeper that launches only the cells with work to do (module doc)."""
+
+    def __init__(self, max_batch_size=None, params=None, cells_per_task: int = 1) -> None:
+        super().__init__(max_batch_size=max_batch_size, params=params)
+        if cells_per_task < 1:
+            raise ValueError(
+                f"hydra.sweeper.cells_per_task must be at least 1, got {cells_per_task}"
+            )
+        self.cells_per_task = cells_per_task
+
+    def setup(
+        self, *, hydra_context: HydraContext, task_function: TaskFunction, config: DictConfig
+    ) -> None:
+        from benchmarks.precheck import planned_sweep
+
+        plan = planned_sweep(Path(str(config.hydra.sweep.dir)))
+        shared = plan.shared if plan is not None else None
+        loader = _core.CachingConfigLoader(hydra_context.config_loader, shared)
+        context = HydraContext(config_loader=loader, callbacks=hydra_context.callbacks)
+        launcher_cfg = config.hydra.launcher
+        target = str(launcher_cfg.get("_target_"))
+        params = OmegaConf.to_container(launcher_cfg, resolve=True)
+        params.pop("_target_")
+        if target == JOBLIB_TARGET:
+            self.launcher = BatchedJoblibLauncher(**params)
+        elif target.rsplit(".", 1)[-1] in BATCHED_SUBMITIT and self.cells_per_task > 1:
+            self.launcher = BATCHED_SUBMITIT[target.rsplit(".", 1)[-1]](**params)
+            self.launcher.cells_per_task = self.cells_per_task
+        else:
+            super().setup(hydra_context=context, task_function=task_function, config=config)
+            return
+        self.hydra_context, self.config = context, config
+        self.launcher.setup(hydra_context=context, task_function=task_function, config=config)
+
+    def sweep(self, arguments: list[str]) -> Any:
+        from benchmarks.precheck import Plan, cell_key, planned_sweep
+
+        parser = OverridesParser.create(config_loader=self.hydra_context.config_loader)
+        overrides = parser.parse_overrides([*self._parse_config(), *arguments])
+        cells = self.split_arguments(overrides, None)[0]
+        sweep_dir = Path(str(self.config.hydra.sweep.dir))
+        sweep_dir.mkdir(parents=True, exist_ok=True)
+        OmegaConf.save(self.config, sweep_dir / "multirun.yaml")
+        plan = planned_sweep(sweep_dir) or Plan(True, sweep_dir, len(cells))
+        progress = _core.Progress(len(cells))
+        todo = []
+        for idx, cell in enumerate(cells):
+            key = cell_key(cell)
+            if key in plan.kept or self._complete(cell, plan.hashes.get(key)):
+                progress.update(kept=1)
+            else:
+                todo.append((idx, cell))
+        unchecked = [cell for _, cell in todo if cell_key(cell) not in plan.hashes]
+        if unchecked:
+            self.validate_batch_is_legal(unchecked)
+        quiet = [logging.getLogger(name) for name in LAUNCHER_LOGGERS]
+        levels = [log.level for log in quiet]
+        for log in quiet:
+            log.setLevel(logging.WARNING)
+        returns: List[Sequence[JobReturn]] = []  # noqa: UP006
+        try:
+            for batch in self._batches(todo):
+                results = self.launcher.launch([c for _, c in batch], initial_job_idx=batch[0][0])
+                for r in results:
+                    _ = r.return_value  # raises where the job raised, as Hydra's sweeper does
+                failed = sum(r.return_value == "failed" for r in results)
+                progress.update(ran=len(results), failed=failed)
+                returns.append(results)
+        finally:
+            for log, level in zip(quiet, levels, strict=True):
+                log.setLevel(level)
+            progress.close()
+        self.overrides = [cells]
+        self.batch_index = 1
+        return returns
+
+    def _batches(self, todo: list) -> list:
+        """Cells per ``launch``: one by one in this process (progress after each), else all
+        at once (or ``max_batch_size`` at a time), the launcher running them in parallel."""
+        if not todo:
+            return []
+        size = self.max_batch_size
+        if size is None:
+            in_process = "basic_launcher" in str(self.config.hydra.launcher.get("_target_"))
+            size = 1 if in_process else len(todo)
+        return [todo[i : i + size] for i in range(0, len(todo), size)]
+
+    def _complete(self, cell: Sequence[str], planned: str | None) -> bool:
+        """Whether a cell's folder holds complete records for its configuration (whose
+        fingerprint the pre-check may have ``planned``)."""
+        from benchmarks.storage import RECORDS, records_complete
+
+        resume = self.config.get("resume", True)
+        for override in _core.parse(cell):
+            if override.key_or_group == "resume":
+                resume = override.value()
+        if not resume:
+            return False
+        folder = _core.cell_folder(self.config, cell)
+        if folder is None or not (folder / RECORDS).is_file():
+            return False
+        fingerprint = planned or self._fingerprint(cell)
+        return fingerprint is not None and records_complete(folder / RECORDS, fingerprint)
+
+    def _fingerprint(self, cell: Sequence[str]) -> str | None:
+        """The job's ``config_hash`` of a cell, from one cheap composition."""
+        from hydra.core.hydra_config import HydraConfig
+        from omegaconf import open_dict, read_write
+
+        from benchmarks.config import config_hash
+
+        cfg = self.hydra_context.config_loader.load_sweep_config(self.config, list(cell))
+        saved = HydraConfig.instance().cfg
+        HydraConfig.instance().set_config(cfg)  # for ${hydra:...} values, as in the job
+        try:
+            with read_write(cfg), open_dict(cfg):
+                del cfg["hydra"]
+            return config_hash(cfg)
+        except Exception:  # a value only the job can resolve: the job decides
+            return None
+        finally:
+            HydraConfig.instance().cfg = saved

@@ -1,0 +1,261 @@
+"""The gradbench sweeper (hydra_plugins/gradbench_sweeper): what it skips must not change
+what a sweep computes.
+
+Its cheap per-cell config equals Hydra's own composition; complete cells are kept without
+being composed or launched; cells the pre-check did not see are still validated; progress
+is one line on a terminal and nothing per cell in a log.
+"""
+
+from __future__ import annotations
+
+import io
+import sys
+
+import pandas as pd
+import pytest
+from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+from hydra.core.global_hydra import GlobalHydra
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.plugins.sweeper import Sweeper
+from hydra.types import RunMode
+from omegaconf import OmegaConf
+
+from benchmarks import precheck, run
+from benchmarks.cli import main
+from benchmarks.config import hydra_context
+from benchmarks.storage import RECORDS
+from hydra_plugins.gradbench_sweeper import _core
+from hydra_plugins.gradbench_sweeper import gradbench_sweeper as plugin
+
+FAST = ["task.warmup_steps=2", "task.timing_min_run_time=0.001", "replicates=100"]
+EXCLUDE = "hydra.job.config.override_dirname.exclude_keys=[sweep,threads,resume]"
+
+
+def sweep(folder, *overrides) -> int:
+    return main(["run", "-m", *FAST, f"hydra.sweep.dir={folder}", *overrides])
+
+
+def test_hydras_plugin_scan_finds_the_sweeper_and_the_config_selects_it():
+    from hydra.core.plugins import Plugins
+    from hydra.plugins.sweeper import Sweeper
+
+    names = {c.__name__ for c in Plugins.instance().discover(Sweeper)}
+    assert "GradbenchSweeper" in names and "BasicSweeper" in names
+    with hydra_context():
+        cfg = precheck.compose("config", overrides=[], return_hydra_config=True)
+    assert cfg.hydra.sweeper._target_.endswith("gradbench_sweeper.GradbenchSweeper")
+
+
+def master_and_cells(overrides: list[str]):
+    """The master config of a multirun and its cells, as Hydra's own sweeper makes them."""
+    loader = GlobalHydra.instance().config_loader()
+    master = loader.load_configuration("config", overrides, run_mode=RunMode.MULTIRUN)
+    params = [f"{k}={v}" for k, v in (master.hydra.sweeper.params or {}).items()]
+    task = [o for o in overrides if not o.startswith("hydra.")]
+    parsed = OverridesParser.create().parse_overrides([*params, *task])
+    return loader, master, BasicSweeper.split_arguments(parsed, None)[0]
+
+
+def assert_cheap_equals_hydra(overrides: list[str], stride: int = 1) -> int:
+    loader, master, cells = master_and_cells(overrides)
+    cheap = _core.CachingConfigLoader(loader)
+    for cell in cells[::stride]:
+        own = loader.load_sweep_config(master, list(cell))
+        fast = cheap.load_sweep_config(master, list(cell))
+        for key in ("job.override_dirname", "overrides.task", "runtime.choices"):
+            assert OmegaConf.select(fast.hydra, key) == OmegaConf.select(own.hydra, key), key
+        assert OmegaConf.to_container(fast) == OmegaConf.to_container(own), cell
+        assert OmegaConf.to_yaml(fast) == OmegaConf.to_yaml(own)
+    return len(cells[::stride])
+
+
+def preset(conf, name: str, body: str, params: dict[str, str]):
+    """A user's preset ``conf/sweep/NAME.yaml``: top-level ``body``, swept ``params``."""
+    path = conf / "sweep" / f"{name}.yaml"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    swept = "".join(f"      {key}: {values}\n" for key, values in params.items())
+    path.write_text(f"# @package _global_\n{body}hydra:\n  sweeper:\n    params:\n{swept}")
+    return path
+
+
+def test_cheap_cell_configs_equal_hydras_own_composition(tmp_path):
+    preset(tmp_path / "conf", "mixed", "", {
+        "estimator": "gumbel_softmax,straight_through", "objective": "categorical_linear",
+        "estimator.temperature": "0.3,1", "+objective.extra": "1,2",
+    })  # fmt: skip
+    with hydra_context():
+        n = assert_cheap_equals_hydra(
+            ["sweep=mixed", f"hydra.searchpath=[file://{tmp_path / 'conf'}]", EXCLUDE,
+             f"hydra.sweep.dir={tmp_path}", "n_samples=3", "task.timing_min_run_time=0.002"]
+        )  # fmt: skip
+        assert n == 8
+        # a few cells of each preset (every cell: the slow test below)
+        assert assert_cheap_equals_hydra(["sweep=toy_variance", EXCLUDE], stride=13) == 5
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("preset", ["toy_variance", "toy_scale"])
+def test_every_cell_of_the_toy_presets_composes_as_hydra_composes_it(preset):
+    with hydra_context():
+        assert assert_cheap_equals_hydra([f"sweep={preset}", EXCLUDE]) in (60, 100)
+
+
+def test_a_plain_value_meeting_an_addition_is_composed_by_hydra(monkeypatch):
+    with hydra_context():
+        loader, master, _ = master_and_cells(["estimator=reinforce"])
+        calls = []
+        real = loader.load_sweep_config
+        monkeypatch.setattr(loader, "load_sweep_config", lambda *a: calls.append(a) or real(*a))
+        cheap = _core.CachingConfigLoader(loader)
+        cfg = cheap.load_sweep_config(master, ["+objective.extra={a: 1}", "objective.extra.a=2"])
+        assert cfg.objective.extra.a == 2 and len(calls) == 1
+        cheap.load_sweep_config(master, ["n_samples=4"])
+        assert len(calls) == 1  # plain values alone: the cached composition
+
+
+def test_a_finished_sweep_is_kept_without_composing_or_launching_a_cell(tmp_path, monkeypatch):
+    grid = ["estimator=reinforce,reparam", "n_samples=1,3"]
+    assert sweep(tmp_path, *grid) == 0
+    assert (tmp_path / precheck.PLAN_FILE).is_file()
+    before = {p: p.stat().st_mtime_ns for p in tmp_path.glob(f"*/{RECORDS}")}
+    assert len(before) == 4
+
+    def forbidden(*args, **kwargs):
+        raise AssertionError("composed or launched a complete cell")
+
+    monkeypatch.setattr(precheck, "compose_cached", forbidden)
+    monkeypatch.setattr(_core.CachingConfigLoader, "load_sweep_config", forbidden)
+    monkeypatch.setattr(Sweeper, "validate_batch_is_legal", forbidden)
+    monkeypatch.setattr(run, "run_cell", forbidden)
+    assert sweep(tmp_path, *grid, "hydra/launcher=joblib") == 0  # the launcher is no matter
+    assert {p: p.stat().st_mtime_ns for p in tmp_path.glob(f"*/{RECORDS}")} == before
+
+
+def test_an_edited_config_is_composed_again_and_its_cells_rerun(tmp_path):
+    preset(tmp_path / "conf", "tiny", "seed: 5\n", {"n_samples": "2,3"})
+    args = ["sweep=tiny", "--config-dir", str(tmp_path / "conf"), "estimator=reinforce"]
+    assert sweep(tmp_path / "out", *args) == 0
+    preset(tmp_path / "conf", "tiny", "seed: 6\n", {"n_samples": "2,3"})
+    assert sweep(tmp_path / "out", *args) == 0
+    records = pd.concat(pd.read_parquet(p) for p in (tmp_path / "out").glob(f"*/{RECORDS}"))
+    assert len(records) == 4 and set(records["seed"]) == {6}
+
+
+def test_pre_checked_cells_are_not_validated_again_others_are(tmp_path, monkeypatch, capsys):
+    # Patched on Hydra's Sweeper base class: Hydra's plugin scan runs the plugin modules
+    # again, making new sweeper classes, but not hydra.plugins.
+    validated = []
+    real = Sweeper.validate_batch_is_legal
+    monkeypatch.setattr(
+        Sweeper,
+        "validate_batch_is_legal",
+        lambda self, batch: validated.append(len(batch)) or real(self, batch),
+    )
+    assert sweep(tmp_path / "checked", "n_samples=1,2") == 0
+    assert validated == []
+    # The Hydra job run on its own (no pre-check): Hydra's validation, as before.
+    argv = ["run", "-m", *FAST, f"hydra.sweep.dir={tmp_path / 'bare'}", "n_samples=1,2"]
+    monkeypatch.setattr(sys, "argv", argv)
+    run.main()
+    assert validated == [2]
+    assert len(list((tmp_path / "bare").glob(f"*/{RECORDS}"))) == 2
+    monkeypatch.setattr(sys, "argv", [*argv[:-1], "n_samples=1,ten"])
+    with pytest.raises(SystemExit):
+        run.main()  # Hydra's own composition error, before any cell runs
+    assert "n_samples=ten" in capsys.readouterr().err
+
+
+class Terminal(io.StringIO):
+    def isatty(self):
+        return True
+
+
+@pytest.mark.parametrize("tty", [True, False], ids=["terminal", "log"])
+def test_progress_is_one_line_on_a_terminal_and_quiet_in_a_log(tmp_path, monkeypatch, capsys, tty):
+    stream = Terminal() if tty else io.StringIO()
+    monkeypatch.setattr(sys, "stderr", stream)
+    assert sweep(tmp_path, "estimator=reinforce,reparam", "n_samples=1,3") == 0
+    err, out = stream.getvalue(), capsys.readouterr().out
+    assert "#0 :" not in out + err and "Launching" not in out + err  # no line per cell
+    assert "4 cells: 4 ok" in out
+    if tty:
+        assert err.count("\r") == 4 and "cells 4/4: 0 kept, 0 failed" in err
+    else:
+        assert err.splitlines() == [f"gradbench: 4 cells into {tmp_path}"]
+    # On a terminal a finished sweep run again shows every cell kept, at once.
+    if tty:
+        stream.truncate(0)
+        assert sweep(tmp_path, "estimator=reinforce,reparam", "n_samples=1,3") == 0
+        assert "cells 4/4: 4 kept, 0 failed" in stream.getvalue()
+
+
+def test_progress_counts_failed_cells_and_estimates_time_left():
+    stream = Terminal()
+    progress = _core.Progress(4, stream)
+    progress.update(kept=1)
+    progress.update(ran=1, failed=1)
+    assert "cells 2/4: 1 kept, 1 failed, about" in stream.getvalue().split("\r")[-1]
+    progress.close()
+    assert stream.getvalue().endswith("\n")
+
+
+def test_joblib_batches_cover_every_cell_once_in_order():
+    cells = list(range(11))
+    batches = _core.chunks(cells, 4)
+    assert [len(b) for b in batches] == [3, 3, 3, 2]
+    assert [c for b in batches for c in b] == cells
+    assert _core.chunks(cells[:2], 4) == [[0], [1]]
+    assert plugin.BatchedJoblibLauncher.__mro__[1].__name__ == "JoblibLauncher"
+
+
+def test_the_pre_checks_compositions_give_the_launcher_the_same_files(tmp_path, monkeypatch):
+    """The launcher takes the pre-check's composition of each combination instead of
+    composing it again: every file of every cell is the same as without sharing."""
+    from hydra._internal.config_loader_impl import ConfigLoaderImpl
+
+    grid = ["objective=gaussian_quadratic,categorical_linear", "estimator=reinforce,reparam"]
+    calls = []
+    real = ConfigLoaderImpl.load_configuration
+    monkeypatch.setattr(
+        ConfigLoaderImpl, "load_configuration", lambda *a, **k: calls.append(1) or real(*a, **k)
+    )
+
+    def run_and_read() -> tuple[dict[str, str], int]:
+        calls.clear()
+        assert sweep(tmp_path, *grid, "n_samples=1,2", "resume=false") == 0
+        texts = {
+            str(p.relative_to(tmp_path)): p.read_text()
+            for p in sorted(tmp_path.glob("*/.hydra/*.yaml"))
+        }
+        return texts, len(calls)
+
+    with monkeypatch.context() as alone:
+        alone.setattr(precheck, "SharedCompositions", lambda *args: None)
+        files_alone, composed_alone = run_and_read()
+    files_shared, composed_shared = run_and_read()
+    assert len(files_alone) == 8 * 3 and files_shared == files_alone
+    assert composed_alone - composed_shared == 4  # one per combination, in the launcher
+
+
+def test_submitit_runs_several_cells_per_task_with_the_same_records(tmp_path):
+    """``hydra.sweeper.cells_per_task=3``: 4 cells in 2 submitit tasks, the records of one
+    task per cell (the code path of hydra/launcher=submitit_slurm)."""
+    grid = ["objective=categorical_linear", "estimator=reinforce,reinforce_loo", "n_samples=2,3"]
+    frames = {}
+    for per_task in (1, 3):
+        out = tmp_path / str(per_task)
+        code = sweep(out, *grid, "hydra/launcher=submitit_local",
+                     f"hydra.sweeper.cells_per_task={per_task}")  # fmt: skip
+        assert code == 0
+        frames[per_task] = pd.concat(
+            {p.parent.name: pd.read_parquet(p) for p in sorted(out.glob(f"*/{RECORDS}"))}
+        ).drop(columns=["time_per_estimate_s", "measure_time_s", "work_normalized_var"])
+        tasks = {p.name for p in (out / ".submitit").iterdir() if p.name.isdigit()}
+        assert len(tasks) == (4 if per_task == 1 else 2), tasks
+    assert len(frames[1]) == 4 * 3  # a row per logit
+    pd.testing.assert_frame_equal(frames[1], frames[3])
+
+
+def test_cells_per_task_below_one_is_refused_in_one_line(tmp_path, capsys):
+    assert sweep(tmp_path, "n_samples=1,2", "hydra.sweeper.cells_per_task=0") == 2
+    assert "cells_per_task must be at least 1, got 0" in capsys.readouterr().err
