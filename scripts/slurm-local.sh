@@ -193,11 +193,12 @@ stop_pid() {  # stop_pid NAME PIDFILE
   local pid
   pid=$(cat "$2")
   kill "$pid"
-  for _ in $(seq 200); do
+  # slurmctld saves its state as it stops: seconds on a busy machine.
+  for _ in $(seq 600); do
     kill -0 "$pid" 2>/dev/null || { say "stopped $1"; return; }
     sleep 0.1
   done
-  die "$1 (pid $pid) did not stop in 20 s"
+  die "$1 (pid $pid) did not stop in 60 s"
 }
 
 stop() {
