@@ -130,7 +130,7 @@ munge_key() {
 # alive PIDFILE: the pid in the file is a running process
 alive() { [ -s "$1" ] && kill -0 "$(cat "$1")" 2>/dev/null; }
 
-# until SECONDS_LEFT WHAT COMMAND...: run COMMAND every 0.25 s until it succeeds
+# until_ok WHAT COMMAND...: run COMMAND every 0.25 s until it succeeds (at most WAIT_S)
 until_ok() {
   local what=$1 deadline=$((SECONDS + WAIT_S))
   shift
