@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 
-.PHONY: setup test test-all demo lint
+.PHONY: setup test test-all test-slurm demo lint
 
 setup: $(VENV)/.installed
 
@@ -21,6 +21,12 @@ test: setup
 ## test-all: default suite plus the long statistical checks (marked slow)
 test-all: setup
 	$(BIN)/pytest -q -m "slow or not slow"
+
+## test-slurm: start a one-node Slurm (root, apt-get), sweep through it, stop it (docs/cluster.md)
+test-slurm: setup
+	scripts/slurm-local.sh start || { scripts/slurm-local.sh stop; exit 1; }
+	GRADBENCH_SLURM_REQUIRED=1 $(BIN)/pytest -q tests/test_slurm.py; \
+	  rc=$$?; scripts/slurm-local.sh stop; exit $$rc
 
 ## demo: the main job, the toy-suite preset sweep; prints a variance table
 demo: setup
