@@ -69,15 +69,25 @@ def synchronize(device: torch.device) -> None:
 
 
 def time_call(fn: Callable[[], object], min_run_time: float) -> float:
-    """Median seconds per call of ``fn``, after warm-up, synchronising accelerators.
+    """Median seconds per call of ``fn`` over blocks of calls filling ``min_run_time``.
 
-    ``torch.utils.benchmark.Timer`` does the warm-up, the blocking into repeats and the
-    synchronisation; we keep the current thread count instead of its default of one.
+    ``torch.utils.benchmark.Timer`` runs the blocks, synchronising accelerators; we keep
+    the current thread count instead of its default of one. The block size comes from one
+    warm-up call (a block is about a tenth of ``min_run_time``): ``blocked_autorange``'s own
+    block-size search runs the statement for about as long again as the measurement, which
+    would double the cost of timing a toy sweep.
     """
     timer = torch_benchmark.Timer(
         stmt="fn()", globals={"fn": fn}, num_threads=torch.get_num_threads()
     )
-    return float(timer.blocked_autorange(min_run_time=min_run_time).median)
+    first = timer.timeit(1).median
+    number = max(1, int(min_run_time / 10 / max(first, 1e-9)))
+    per_call, spent = [], 0.0
+    while not per_call or spent < min_run_time:
+        block = timer.timeit(number).median
+        per_call.append(block)
+        spent += block * number
+    return float(torch.tensor(per_call, dtype=torch.float64).median())
 
 
 def replicate_gradients_chunked(

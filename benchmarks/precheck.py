@@ -174,7 +174,10 @@ def sweep_axes(overrides: list[str], config_name: str) -> tuple[list[str], dict[
     search_path = [o.input_line for o in parsed if o.get_key_element() == "hydra.searchpath"]
     _check_group_choices(parsed, search_path)
     fixed = [o.input_line for o in parsed if not o.is_sweep_override()]
-    base = compose(config_name, overrides=fixed, return_hydra_config=True)
+    try:
+        base = compose(config_name, overrides=fixed, return_hydra_config=True)
+    except CONFIG_ERRORS as exc:
+        raise UsageError(one_line(exc) + _swept_group_hint(parsed)) from exc
     preset = OmegaConf.select(base, "hydra.sweeper.params") or {}
     # A value fixed on the command line replaces the preset's axis for that key.
     fixed_keys = {o.get_key_element() for o in parsed if not o.is_sweep_override()}
@@ -189,6 +192,18 @@ def sweep_axes(overrides: list[str], config_name: str) -> tuple[list[str], dict[
         else:
             axes[key] = [override.input_line]
     return fixed, axes
+
+
+def _swept_group_hint(parsed) -> str:
+    """How to set a key of swept group options (``-m estimator=iwae,dreg estimator.k=10``):
+    Hydra composes a sweep's settings with the group's default option first, which may not
+    have the key, so the key must be added where it is missing (``++``)."""
+    swept = {o.key_or_group for o in parsed if o.is_sweep_override() and o.key_or_group in GROUPS}
+    for o in parsed:
+        key = o.get_key_element()
+        if _is_plain_value(o) and key.split(".")[0] in swept:
+            return f"; to set it on every swept {key.split('.')[0]} option, write ++{o.input_line}"
+    return ""
 
 
 def cells_to_check(fixed: list[str], axes: dict[str, list[str]]) -> Iterator[list[str]]:

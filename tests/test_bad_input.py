@@ -40,6 +40,11 @@ ROWS = [
     ("unknown-in-sweep", ["run", "-m", "estimator=reinforce,nope"], "unknown estimator 'nope'"),
     ("unknown-key", ["run", "nsamples=10"], "unknown setting 'nsamples'"),
     ("unknown-nested-key", ["run", "objective.muu=1"], "unknown setting 'objective.muu'"),
+    (
+        "key-of-swept-options",
+        ["run", "-m", "objective=linear_gaussian", "estimator=iwae,dreg", "estimator.k=10"],
+        "to set it on every swept estimator option, write ++estimator.k=10",
+    ),
     ("missing-config-name", ["run", "--config-name", "nope"], "Cannot find primary config"),
     ("missing-config-dir", ["run", "--config-dir", "no/such/dir"], "--config-dir: no such folder"),
     ("missing-config-dir-joined", ["run", "--config-dir=no/such"], "--config-dir: no such folder"),
