@@ -18,7 +18,7 @@ $(VENV)/.installed: pyproject.toml constraints.txt
 test: setup
 	$(BIN)/pytest -q
 
-## test-all: default suite plus the long statistical checks (marked slow)
+## test-all: default suite plus the tests marked slow (long end-to-end and statistical checks)
 test-all: setup
 	$(BIN)/pytest -q -m "slow or not slow"
 

@@ -101,6 +101,7 @@ def installed_plugin(site: Path) -> dict[str, str]:
     return env
 
 
+@pytest.mark.slow  # tens of seconds of process starts; CI runs it
 def test_an_entry_point_makes_the_estimator_an_option(tmp_path):
     env = installed_plugin(tmp_path / "site")
     listing = subprocess.run([*GRADBENCH, "list"], env=env, capture_output=True, text=True,
@@ -149,6 +150,7 @@ def docs_commands(section: str) -> list[list[str]]:
     return [shlex.split(line)[1:] for line in lines if line.startswith("gradbench ")]
 
 
+@pytest.mark.slow  # tens of seconds of process starts; CI runs it
 def test_the_researcher_path_of_the_docs_with_the_installed_command(tmp_path):
     """A fresh folder with only what docs/researcher.md shows, and the installed
     ``gradbench`` script (not ``python -m``, which would find modules in the current
