@@ -61,7 +61,7 @@ TYPE_NAMES = {"integer": "an integer", "float": "a number", "bool": "true or fal
 # Sweeps up to this many cells are checked cell by cell; larger ones value by value.
 MAX_CELLS_CHECKED = 2000
 # The ray launcher is the `ray` extra; constraints.txt keeps its pins in one resolvable set.
-RAY_INSTALL = "pip install -c constraints.txt -e '.[ray]'"
+RAY_INSTALL = "pip install -c constraints.txt -e '.[ray]' --config-settings editable_mode=compat"
 # Errors of composing or building a config that the pre-check turns into one line.
 CONFIG_ERRORS = (HydraException, OmegaConfBaseException, ConfigError)
 
