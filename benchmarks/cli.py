@@ -46,6 +46,18 @@ def summarise(folder: Path, started: float | None = None) -> int:
 
 
 def cmd_run(args: Sequence[str]) -> int:
+    from benchmarks.finished import config_dir_of, finished
+
+    info = any(arg in INFO_FLAGS for arg in args)
+    done = None if info else finished(args, config_dir_of(args))
+    if done is not None:  # every cell complete: nothing to check or launch
+        folder, cells = done
+        print(f"gradbench: {cells} cells into {folder}", file=sys.stderr)
+        if sys.stderr.isatty():  # the sweeper's progress line, every cell kept
+            line = f"cells {cells}/{cells}: {cells} kept, 0 failed"
+            print(f"\r\x1b[Kgradbench: {line}", file=sys.stderr)
+        return 1 if summarise(folder, time.time()) else 0
+
     from benchmarks.precheck import check_run, forget_plan, normalise_overrides, split_args
 
     overrides, flags, multirun = split_args(args)
@@ -68,8 +80,26 @@ def cmd_run(args: Sequence[str]) -> int:
     finally:
         forget_plan()
     if plan is not None and plan.multirun:
-        return 1 if summarise(plan.output_dir, started) else 0
+        failed = summarise(plan.output_dir, started)
+        remember_sweep(args, flags, plan)
+        return 1 if failed else 0
     return 0
+
+
+def remember_sweep(args: Sequence[str], flags: dict[str, str], plan) -> None:
+    """Note a sweep whose every cell the pre-check composed (``benchmarks.finished``), so
+    that running the same command again once every cell is complete is only its summary."""
+    from benchmarks.finished import remember
+
+    if not (plan.cell_folders and plan.resume and len(plan.hashes) == plan.cells):
+        return
+    cells = {}
+    for key, fingerprint in plan.hashes.items():
+        folder = plan.cell_folder(key)
+        if folder is None:
+            return
+        cells[str(folder.relative_to(plan.output_dir))] = fingerprint
+    remember(args, flags.get("--config-dir") or flags.get("-cd"), plan.output_dir, cells)
 
 
 def cmd_list(args: argparse.Namespace) -> int:

@@ -325,6 +325,7 @@ class Plan:
     # whether cell folders are named as conf/config.yaml names them (else only Hydra knows).
     exclude_keys: list[str] = field(default_factory=list)
     cell_folders: bool = False
+    resume: bool = True  # the composed ``resume`` setting
     # The pre-check's compositions, for the launcher (None where they cannot be shared).
     shared: SharedCompositions | None = None
 
@@ -405,6 +406,7 @@ def check_run(overrides: list[str], flags: dict[str, str], multirun: bool = Fals
                     first = compose(config_name, overrides=cell, return_hydra_config=True)
                     remote = runs_elsewhere(first.hydra, multirun)
                     plan = _plan(first, overrides, config_name, config_dir, multirun, cells)
+                    plan.resume = bool(first.resume) and "resume" not in axes
                     inputs = inputs_fingerprint(overrides, config_name, config_dir)
                     known = known_complete(plan, first, inputs, "resume" in axes)
                     if plan.multirun and config_dir is None:

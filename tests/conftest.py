@@ -15,6 +15,19 @@ def _fixed_threads():
     yield
 
 
+@pytest.fixture(scope="session")
+def _notes_folder(tmp_path_factory):
+    return tmp_path_factory.mktemp("finished-sweeps")
+
+
+@pytest.fixture(autouse=True)
+def _finished_sweep_notes_in_tmp(_notes_folder, monkeypatch):
+    # Sweeps run in-process note themselves under the working folder (benchmarks.finished);
+    # the suite's notes go to a temporary folder, not the checkout's results/.
+    monkeypatch.setattr("benchmarks.finished.NOTES", _notes_folder)
+    yield
+
+
 @pytest.fixture
 def hydra_conf():
     GlobalHydra.instance().clear()

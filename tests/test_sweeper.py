@@ -259,3 +259,48 @@ def test_submitit_runs_several_cells_per_task_with_the_same_records(tmp_path):
 def test_cells_per_task_below_one_is_refused_in_one_line(tmp_path, capsys):
     assert sweep(tmp_path, "n_samples=1,2", "hydra.sweeper.cells_per_task=0") == 2
     assert "cells_per_task must be at least 1, got 0" in capsys.readouterr().err
+
+
+GRADBENCH_MAIN = (
+    "import sys, benchmarks.cli as cli; code = cli.main(sys.argv[1:]); "
+    "print('torch imported:', 'torch' in sys.modules); sys.exit(code)"
+)
+
+
+def run_again(cwd, args):
+    """The same command in a new process (``python -c`` on the CLI), from ``cwd``."""
+    import subprocess
+
+    done = subprocess.run(
+        [sys.executable, "-c", GRADBENCH_MAIN, *args], cwd=cwd, capture_output=True, text=True
+    )
+    assert done.returncode == 0, done.stderr
+    return done.stdout
+
+
+def test_a_finished_sweep_run_again_is_its_summary_without_torch(tmp_path):
+    """The command of a finished sweep, run again, prints the summary from its note
+    (benchmarks.finished) without importing torch or composing; a missing cell's records
+    take the ordinary path, which runs that cell only."""
+    args = ["run", "-m", *FAST, "hydra.sweep.dir=out", "estimator=reinforce,reparam",
+            "n_samples=1,3"]  # fmt: skip
+    first = run_again(tmp_path, args)
+    assert "4 cells: 4 ok (4 run now, 0 kept" in first and "torch imported: True" in first
+    again = run_again(tmp_path, args)
+    assert "4 cells: 4 ok (0 run now, 4 kept" in again and "torch imported: False" in again
+    assert again.split("(0 run now")[0] == first.split("(4 run now")[0]  # the same table
+    (tmp_path / "out" / "estimator=reparam,n_samples=3" / RECORDS).unlink()
+    rerun = run_again(tmp_path, args)
+    assert "4 cells: 4 ok (1 run now, 3 kept" in rerun and "torch imported: True" in rerun
+
+
+def test_a_finished_sweeps_note_holds_only_while_its_configs_are_unchanged(tmp_path):
+    from benchmarks import finished
+
+    conf = tmp_path / "conf"
+    preset(conf, "mine", "replicates: 100\n", {"n_samples": "1,3"})
+    before = finished.inputs_digest(str(conf))
+    assert finished.inputs_digest(str(conf)) == before
+    preset(conf, "mine", "replicates: 200\n", {"n_samples": "1,3"})
+    assert finished.inputs_digest(str(conf)) != before
+    assert finished.finished(["run", "-m", "sweep=never_run"], None) is None

@@ -1,0 +1,109 @@
+"""A finished sweep recognised from its command alone, before torch or Hydra is imported.
+
+Running a sweep's command again when every cell is complete runs nothing: the pre-check
+finds each cell's records complete and the sweeper launches none. That answer still costs
+importing torch and Hydra and composing the sweep's first cell. After a sweep in which the
+pre-check composed every cell, the CLI keeps a note of it (``remember``): the command's
+arguments, the folder and fingerprint of every cell, and a digest of everything the cells
+were composed from (the config files, the installed estimator entry points, the versions
+of gradbench, Hydra and OmegaConf). The same command from the same folder, with the same
+digest, whose every cell's records are still complete (``benchmarks.storage``'s test, the
+one the sweeper uses) is a finished sweep (``finished``): the CLI prints its summary and
+stops. Anything else, or any doubt, takes the ordinary path.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+import benchmarks
+
+# Notes of finished sweeps, one per command, under the folder the command runs in.
+NOTES = Path("results") / ".gradbench-finished"
+# Where the options of ``benchmarks.config.config_path`` are: a source checkout's conf/, or
+# the installed copy (benchmarks/conf).
+PACKAGE = Path(benchmarks.__file__).resolve().parent
+CONFIG_ROOTS = (PACKAGE.parent / "conf", PACKAGE / "conf")
+ENTRY_POINT_GROUP = "gradbench.estimators"  # benchmarks.config.ENTRY_POINT_GROUP
+
+
+def _note_path(args: Sequence[str]) -> Path:
+    digest = hashlib.sha1(json.dumps([os.getcwd(), list(args)]).encode()).hexdigest()[:16]
+    return NOTES / f"{digest}.json"
+
+
+def inputs_digest(config_dir: str | None) -> str:
+    """A digest of what a sweep's cells are composed from: every config file of gradbench
+    and of ``config_dir``, the estimator entry points, and the versions that compose them."""
+    from importlib.metadata import entry_points, version
+
+    digest = hashlib.sha1()
+    for name in ("gradbench", "hydra-core", "omegaconf"):
+        digest.update(f"{name}={version(name)}\n".encode())
+    for point in sorted(entry_points(group=ENTRY_POINT_GROUP), key=lambda p: p.name):
+        digest.update(f"{point.name}={point.value}\n".encode())
+    roots = [*CONFIG_ROOTS, *([Path(config_dir).resolve()] if config_dir else [])]
+    for root in roots:
+        if not root.is_dir():
+            continue
+        for path in sorted(root.rglob("*.yaml")):
+            digest.update(f"\n{path}\n".encode())
+            digest.update(path.read_bytes())
+    return digest.hexdigest()
+
+
+def remember(
+    args: Sequence[str], config_dir: str | None, sweep_dir: Path, cells: dict[str, str]
+) -> None:
+    """Note that the sweep of ``args`` into ``sweep_dir`` has ``cells`` (folder relative to
+    ``sweep_dir`` -> fingerprint), for ``finished``. Never fails the command."""
+    from benchmarks.storage import write_atomic
+
+    note = {
+        "args": list(args),
+        "inputs": inputs_digest(config_dir),
+        "sweep_dir": str(sweep_dir),  # as the command named it (the note is per folder)
+        "cells": cells,
+    }
+    path = _note_path(args)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        write_atomic(path, lambda handle: handle.write(json.dumps(note, indent=0).encode()))
+    except OSError:
+        pass  # a note is only a shortcut; the ordinary path finds the same answer
+
+
+def finished(args: Sequence[str], config_dir: str | None) -> tuple[Path, int] | None:
+    """(sweep folder, number of cells) if ``args`` is a sweep noted by ``remember`` whose
+    inputs are unchanged and whose every cell's records are complete; else None."""
+    try:
+        note = json.loads(_note_path(args).read_text())
+    except (OSError, ValueError):
+        return None
+    if note.get("args") != list(args) or note.get("inputs") != inputs_digest(config_dir):
+        return None
+    from benchmarks.storage import RECORDS, records_complete
+
+    sweep_dir = Path(note["sweep_dir"])
+    cells = note.get("cells") or {}
+    if not cells or not all(
+        records_complete(sweep_dir / folder / RECORDS, fingerprint)
+        for folder, fingerprint in cells.items()
+    ):
+        return None
+    return sweep_dir, len(cells)
+
+
+def config_dir_of(args: Sequence[str]) -> str | None:
+    """The value of ``--config-dir DIR`` / ``--config-dir=DIR`` (or ``-cd``) in ``args``."""
+    for i, arg in enumerate(args):
+        name, joined, value = arg.partition("=")
+        if joined and name in ("--config-dir", "-cd"):
+            return value
+        if arg in ("--config-dir", "-cd") and i + 1 < len(args):
+            return args[i + 1]
+    return None
