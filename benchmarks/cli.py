@@ -46,10 +46,11 @@ def summarise(folder: Path, started: float | None = None) -> int:
 
 
 def cmd_run(args: Sequence[str]) -> int:
-    from benchmarks.finished import config_dir_of, finished
+    from benchmarks.finished import config_dir_of, finished, split_args
 
-    info = any(arg in INFO_FLAGS for arg in args)
-    done = None if info else finished(args, config_dir_of(args))
+    overrides, flags, multirun = split_args(args)
+    info = any(flag in flags for flag in INFO_FLAGS)
+    done = None if info else finished(args, config_dir_of(flags))
     if done is not None:  # every cell complete: nothing to check or launch
         folder, cells = done
         print(f"gradbench: {cells} cells into {folder}", file=sys.stderr)
@@ -58,12 +59,11 @@ def cmd_run(args: Sequence[str]) -> int:
             print(f"\r\x1b[Kgradbench: {line}", file=sys.stderr)
         return 1 if summarise(folder, time.time()) else 0
 
-    from benchmarks.precheck import check_run, forget_plan, normalise_overrides, split_args
+    from benchmarks.precheck import check_run, forget_plan, normalise_overrides
 
-    overrides, flags, multirun = split_args(args)
     overrides = normalise_overrides(overrides)
     plan = None
-    if not any(flag in flags for flag in INFO_FLAGS):
+    if not info:
         plan = check_run(overrides, flags, multirun)
         overrides = [*overrides, *plan.added]
         if plan.multirun:
@@ -89,7 +89,7 @@ def cmd_run(args: Sequence[str]) -> int:
 def remember_sweep(args: Sequence[str], flags: dict[str, str], plan) -> None:
     """Note a sweep whose every cell the pre-check composed (``benchmarks.finished``), so
     that running the same command again once every cell is complete is only its summary."""
-    from benchmarks.finished import remember
+    from benchmarks.finished import config_dir_of, remember
 
     if not (plan.cell_folders and plan.resume and len(plan.hashes) == plan.cells):
         return
@@ -99,7 +99,7 @@ def remember_sweep(args: Sequence[str], flags: dict[str, str], plan) -> None:
         if folder is None:
             return
         cells[str(folder.relative_to(plan.output_dir))] = fingerprint
-    remember(args, flags.get("--config-dir") or flags.get("-cd"), plan.output_dir, cells)
+    remember(args, config_dir_of(flags), plan.output_dir, cells)
 
 
 def cmd_list(args: argparse.Namespace) -> int:

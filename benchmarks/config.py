@@ -29,6 +29,7 @@ from hydra.utils import instantiate
 from omegaconf import MISSING, DictConfig, OmegaConf
 
 from benchmarks.errors import ConfigError
+from benchmarks.finished import ENTRY_POINT_GROUP, INSTALLED_CONF, SOURCE_CONF
 from benchmarks.objectives.base import Objective
 from benchmarks.settings import MeasureSettings, TrainSettings, VarianceSettings, check_sizes
 from estimators import Estimator
@@ -40,12 +41,6 @@ TASK_SETTINGS: dict[str, type[MeasureSettings]] = {
     "variance": VarianceSettings,
     "train": TrainSettings,
 }
-
-
-# conf/ of a source checkout or editable install; a regular install has it as the package
-# data benchmarks/conf (pyproject.toml maps one onto the other).
-SOURCE_CONF = Path(__file__).resolve().parent.parent / "conf"
-INSTALLED_CONF = Path(__file__).resolve().parent / "conf"
 
 
 def config_path() -> str:
@@ -87,10 +82,9 @@ class Settings:
 
 ConfigStore.instance().store(name="gradbench_schema", node=Settings)
 
-# Estimators that other installed packages provide: an entry point in this group names an
-# estimator class (``my_estimator = "my_package.module:MyEstimator"``), and becomes the
+# Estimators that other installed packages provide: an entry point in ENTRY_POINT_GROUP names
+# an estimator class (``my_estimator = "my_package.module:MyEstimator"``), and becomes the
 # option ``estimator=my_estimator`` with that class as its ``_target_``.
-ENTRY_POINT_GROUP = "gradbench.estimators"
 
 
 def register_entry_point_estimators() -> list[str]:

@@ -24,11 +24,44 @@ import benchmarks
 
 # Notes of finished sweeps, one per command, under the folder the command runs in.
 NOTES = Path("results") / ".gradbench-finished"
-# Where the options of ``benchmarks.config.config_path`` are: a source checkout's conf/, or
-# the installed copy (benchmarks/conf).
-PACKAGE = Path(benchmarks.__file__).resolve().parent
-CONFIG_ROOTS = (PACKAGE.parent / "conf", PACKAGE / "conf")
-ENTRY_POINT_GROUP = "gradbench.estimators"  # benchmarks.config.ENTRY_POINT_GROUP
+# conf/ of a source checkout or editable install; a regular install has it as the package
+# data benchmarks/conf (pyproject.toml maps one onto the other). Defined here, where nothing
+# imports torch or Hydra; benchmarks.config reads them from here.
+SOURCE_CONF = Path(benchmarks.__file__).resolve().parent.parent / "conf"
+INSTALLED_CONF = Path(benchmarks.__file__).resolve().parent / "conf"
+# Estimators that other installed packages provide (benchmarks.config registers them).
+ENTRY_POINT_GROUP = "gradbench.estimators"
+# Flags of Hydra's own command line that take a value.
+VALUE_FLAGS = {"--config-name", "-cn", "--config-dir", "-cd", "--config-path", "-cp",
+               "--info", "-i", "--experimental-rerun"}  # fmt: skip
+
+
+def split_args(args: Sequence[str]) -> tuple[list[str], dict[str, str], bool]:
+    """Split ``gradbench run`` arguments into (overrides, Hydra flags with values, multirun).
+
+    A flag's value may follow it (``--config-dir DIR``) or be joined to it with ``=``
+    (``--config-dir=DIR``), as Hydra's own argument parser accepts.
+    """
+    overrides, flags, multirun = [], {}, False
+    it = iter(args)
+    for arg in it:
+        name, joined, value = arg.partition("=")
+        if arg in ("-m", "--multirun"):
+            multirun = True
+        elif arg in VALUE_FLAGS:
+            flags[arg] = next(it, "")
+        elif joined and name in VALUE_FLAGS:
+            flags[name] = value
+        elif arg.startswith("-"):
+            flags[arg] = ""
+        else:
+            overrides.append(arg)
+    return overrides, flags, multirun
+
+
+def config_dir_of(flags: dict[str, str]) -> str | None:
+    """The ``--config-dir`` (or ``-cd``) of ``split_args``'s flags."""
+    return flags.get("--config-dir") or flags.get("-cd")
 
 
 def _note_path(args: Sequence[str]) -> Path:
@@ -46,7 +79,7 @@ def inputs_digest(config_dir: str | None) -> str:
         digest.update(f"{name}={version(name)}\n".encode())
     for point in sorted(entry_points(group=ENTRY_POINT_GROUP), key=lambda p: p.name):
         digest.update(f"{point.name}={point.value}\n".encode())
-    roots = [*CONFIG_ROOTS, *([Path(config_dir).resolve()] if config_dir else [])]
+    roots = [SOURCE_CONF, INSTALLED_CONF, *([Path(config_dir).resolve()] if config_dir else [])]
     for root in roots:
         if not root.is_dir():
             continue
@@ -96,14 +129,3 @@ def finished(args: Sequence[str], config_dir: str | None) -> tuple[Path, int] | 
     ):
         return None
     return sweep_dir, len(cells)
-
-
-def config_dir_of(args: Sequence[str]) -> str | None:
-    """The value of ``--config-dir DIR`` / ``--config-dir=DIR`` (or ``-cd``) in ``args``."""
-    for i, arg in enumerate(args):
-        name, joined, value = arg.partition("=")
-        if joined and name in ("--config-dir", "-cd"):
-            return value
-        if arg in ("--config-dir", "-cd") and i + 1 < len(args):
-            return args[i + 1]
-    return None

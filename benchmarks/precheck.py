@@ -40,22 +40,18 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from omegaconf.errors import OmegaConfBaseException
 
 from benchmarks.config import (
-    ENTRY_POINT_GROUP,
     RESULT_NEUTRAL_KEYS,
     build,
     build_cell,
     cell_dirname,
     config_hash,
-    config_path,
     hydra_context,
 )
 from benchmarks.errors import ConfigError, UsageError
+from benchmarks.finished import config_dir_of, inputs_digest
 from benchmarks.storage import RECORDS, records_complete, write_atomic
 
 GROUPS = ("estimator", "objective", "task", "data", "sweep", "hydra/launcher")
-# Flags of Hydra's own command line that take a value.
-VALUE_FLAGS = {"--config-name", "-cn", "--config-dir", "-cd", "--config-path", "-cp",
-               "--info", "-i", "--experimental-rerun"}  # fmt: skip
 # How type errors name the type the schema wanted.
 TYPE_NAMES = {"integer": "an integer", "float": "a number", "bool": "true or false"}
 # Sweeps up to this many cells are checked cell by cell; larger ones value by value.
@@ -89,29 +85,6 @@ def one_line(exc: BaseException) -> str:
         key, value, kind = wrong_type.groups()
         message = f"{key} must be {TYPE_NAMES.get(kind.lower(), kind.lower())}, got {value!r}"
     return message
-
-
-def split_args(args: Sequence[str]) -> tuple[list[str], dict[str, str], bool]:
-    """Split ``gradbench run`` arguments into (overrides, Hydra flags with values, multirun).
-
-    A flag's value may follow it (``--config-dir DIR``) or be joined to it with ``=``
-    (``--config-dir=DIR``), as Hydra's own argument parser accepts.
-    """
-    overrides, flags, multirun = [], {}, False
-    it = iter(args)
-    for arg in it:
-        name, joined, value = arg.partition("=")
-        if arg in ("-m", "--multirun"):
-            multirun = True
-        elif arg in VALUE_FLAGS:
-            flags[arg] = next(it, "")
-        elif joined and name in VALUE_FLAGS:
-            flags[name] = value
-        elif arg.startswith("-"):
-            flags[arg] = ""
-        else:
-            overrides.append(arg)
-    return overrides, flags, multirun
 
 
 def normalise_overrides(overrides: list[str]) -> list[str]:
@@ -392,7 +365,7 @@ def check_run(overrides: list[str], flags: dict[str, str], multirun: bool = Fals
     cannot be written, Slurm's launcher without Slurm.
     """
     config_name = flags.get("--config-name") or flags.get("-cn") or "config"
-    config_dir = flags.get("--config-dir") or flags.get("-cd")
+    config_dir = config_dir_of(flags)
     overrides = [*overrides, *config_dir_override(config_dir)]
     forget_plan()
     with hydra_context():
@@ -434,9 +407,7 @@ def check_run(overrides: list[str], flags: dict[str, str], multirun: bool = Fals
 def inputs_fingerprint(overrides: list[str], config_name: str, config_dir: str | None) -> str:
     """A fingerprint of what a sweep's cells are composed from: the command's overrides,
     every config file of the search path, the installed estimator entry points, and the
-    versions of gradbench, Hydra and OmegaConf."""
-    from importlib.metadata import entry_points, version
-
+    versions of gradbench, Hydra and OmegaConf (``benchmarks.finished.inputs_digest``)."""
     # How cells run (the launcher, threads) changes neither what is composed for a cell nor
     # its fingerprint; where configs are found (hydra.searchpath) does.
     parsed = OverridesParser.create().parse_overrides(overrides)
@@ -446,17 +417,8 @@ def inputs_fingerprint(overrides: list[str], config_name: str, config_dir: str |
         if o.get_key_element() == "hydra.searchpath"
         or not (o.key_or_group.startswith("hydra") or o.key_or_group in RESULT_NEUTRAL_KEYS)
     ]
-    parts += [f"{p.name}={p.value}" for p in entry_points(group=ENTRY_POINT_GROUP)]
-    parts += [version(name) for name in ("gradbench", "hydra-core", "omegaconf")]
-    roots = [Path(config_path())] + ([Path(config_dir)] if config_dir else [])
-    digest = hashlib.sha1("\n".join(parts).encode())
-    for root in roots:
-        if not root.is_dir():  # an installed package's configs: pinned by its version
-            continue
-        for path in sorted(root.rglob("*.yaml")):
-            digest.update(f"\n{path.relative_to(root)}\n".encode())
-            digest.update(path.read_bytes())
-    return digest.hexdigest()
+    parts.append(inputs_digest(config_dir))
+    return hashlib.sha1("\n".join(parts).encode()).hexdigest()
 
 
 def known_complete(plan: Plan, first: DictConfig, inputs: str, resume_swept: bool) -> dict:
