@@ -182,7 +182,7 @@ def _toy_moments(estimator, objective, n_samples, replicates):
     grads = replicate_gradients(estimator, objective, objective.theta, n_samples, replicates)
     grads = grads.detach().to(torch.float64)
     # An importance-weighted toy is exact for every K: the truth is that of the estimator's.
-    at_k = {"k": getattr(estimator, "k", 1)} if is_importance_weighted(objective) else {}
+    at_k = {"k": bound_k(estimator)} if is_importance_weighted(objective) else {}
     true = objective.true_grad(**at_k).to(torch.float64)
     return list(objective.param_names), true, grads.mean(0), grads.var(0)
 
