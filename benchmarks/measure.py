@@ -8,13 +8,15 @@ results contract first, then the columns beyond it.
 from __future__ import annotations
 
 import math
+import statistics
 import time
+import timeit
 from collections.abc import Callable
 
 import pandas as pd
 import torch
-import torch.utils.benchmark as torch_benchmark
 from torch import Tensor
+from torch.utils.benchmark.utils.timer import timer as benchmark_clock
 from tqdm import tqdm
 
 from benchmarks.settings import check_sizes
@@ -71,23 +73,22 @@ def synchronize(device: torch.device) -> None:
 def time_call(fn: Callable[[], object], min_run_time: float) -> float:
     """Median seconds per call of ``fn`` over blocks of calls filling ``min_run_time``.
 
-    ``torch.utils.benchmark.Timer`` runs the blocks, synchronising accelerators; we keep
-    the current thread count instead of its default of one. The block size comes from one
-    warm-up call (a block is about a tenth of ``min_run_time``): ``blocked_autorange``'s own
-    block-size search runs the statement for about as long again as the measurement, which
-    would double the cost of timing a toy sweep.
+    ``timeit.Timer`` runs the blocks with torch's benchmark clock, which synchronises
+    accelerators, at the current thread count. The block size comes from one warm-up call
+    (a block is about a tenth of ``min_run_time``), and the warm-up counts towards the
+    budget: ``torch.utils.benchmark.Timer`` runs at least two more warm-up calls before every
+    block, and its ``blocked_autorange`` searches for a block size for about as long again as
+    it measures, either of which would make timing a toy sweep cost far more than its budget.
     """
-    timer = torch_benchmark.Timer(
-        stmt="fn()", globals={"fn": fn}, num_threads=torch.get_num_threads()
-    )
-    first = timer.timeit(1).median
-    number = max(1, int(min_run_time / 10 / max(first, 1e-9)))
-    per_call, spent = [], 0.0
+    timer = timeit.Timer(stmt=fn, timer=benchmark_clock)
+    spent = timer.timeit(1)
+    number = max(1, int(min_run_time / 10 / max(spent, 1e-9)))
+    per_call = []
     while not per_call or spent < min_run_time:
-        block = timer.timeit(number).median
-        per_call.append(block)
-        spent += block * number
-    return float(torch.tensor(per_call, dtype=torch.float64).median())
+        block = timer.timeit(number)
+        per_call.append(block / number)
+        spent += block
+    return statistics.median(per_call)
 
 
 def replicate_gradients_chunked(

@@ -201,3 +201,24 @@ def test_variance_ordering_on_gaussian_quadratic():
     # The gaps are large, as theory says: REINFORCE / reparam = 30/4 (mu), 136/12 (sigma).
     ratio = variances["reinforce"] / variances["reparam"]
     assert ratio[0] == pytest.approx(7.5, rel=0.1) and ratio[1] == pytest.approx(136 / 12, rel=0.1)
+
+
+@pytest.mark.parametrize("cost", [1e-3, 0.02, 0.2])
+def test_timing_spends_its_budget_and_reports_the_per_call_time(monkeypatch, cost):
+    """``time_call`` on a fake clock that each call advances by ``cost``: the per-call time
+    is exact, the warm-up counts towards the budget, and the calls made overshoot it by at
+    most one block (a tenth of it, or one call where a call is longer), with at least one
+    block after the warm-up."""
+    from benchmarks import measure
+
+    now, calls = [0.0], [0]
+
+    def fn():
+        calls[0] += 1
+        now[0] += cost
+
+    monkeypatch.setattr(measure, "benchmark_clock", lambda: now[0])
+    budget = 0.05
+    assert measure.time_call(fn, budget) == pytest.approx(cost)
+    block = max(0.1 * budget, cost)
+    assert budget <= calls[0] * cost <= max(budget + block, 2 * cost) + 1e-12
