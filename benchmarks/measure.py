@@ -16,7 +16,6 @@ from collections.abc import Callable
 import pandas as pd
 import torch
 from torch import Tensor
-from torch.utils.benchmark.utils.timer import timer as benchmark_clock
 from tqdm import tqdm
 
 from benchmarks.settings import check_sizes
@@ -70,15 +69,24 @@ def synchronize(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
+def benchmark_clock() -> float:
+    """``time.perf_counter`` once the accelerator's queued work is done, as
+    ``torch.utils.benchmark``'s clock reads it (importing that module costs a third of a
+    second: it imports setuptools)."""
+    if torch.accelerator.is_available():
+        torch.accelerator.synchronize()
+    return time.perf_counter()
+
+
 def time_call(fn: Callable[[], object], min_run_time: float) -> float:
     """Median seconds per call of ``fn`` over blocks of calls filling ``min_run_time``.
 
-    ``timeit.Timer`` runs the blocks with torch's benchmark clock, which synchronises
-    accelerators, at the current thread count. The block size comes from one warm-up call
-    (a block is about a tenth of ``min_run_time``), and the warm-up counts towards the
-    budget: ``torch.utils.benchmark.Timer`` runs at least two more warm-up calls before every
-    block, and its ``blocked_autorange`` searches for a block size for about as long again as
-    it measures, either of which would make timing a toy sweep cost far more than its budget.
+    ``timeit.Timer`` runs the blocks on ``benchmark_clock``, which waits for accelerators,
+    at the current thread count. The block size comes from one warm-up call (a block is
+    about a tenth of ``min_run_time``), and the warm-up counts towards the budget:
+    ``torch.utils.benchmark.Timer`` runs at least two more warm-up calls before every block,
+    and its ``blocked_autorange`` searches for a block size for about as long again as it
+    measures, either of which would make timing a toy sweep cost far more than its budget.
     """
     timer = timeit.Timer(stmt=fn, timer=benchmark_clock)
     spent = timer.timeit(1)

@@ -9,6 +9,7 @@ is one line on a terminal and nothing per cell in a log.
 from __future__ import annotations
 
 import io
+import shutil
 import sys
 
 import pandas as pd
@@ -18,7 +19,7 @@ from hydra.core.global_hydra import GlobalHydra
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.plugins.sweeper import Sweeper
 from hydra.types import RunMode
-from omegaconf import OmegaConf
+from omegaconf import OmegaConf, open_dict
 
 from benchmarks import precheck, run
 from benchmarks.cli import main
@@ -304,3 +305,71 @@ def test_a_finished_sweeps_note_holds_only_while_its_configs_are_unchanged(tmp_p
     preset(conf, "mine", "replicates: 200\n", {"n_samples": "1,3"})
     assert finished.inputs_digest(str(conf)) != before
     assert finished.finished(["run", "-m", "sweep=never_run"], None) is None
+
+
+@pytest.mark.parametrize("chdir", [False, True])
+def test_the_in_process_job_step_is_hydras_run_job(tmp_path, monkeypatch, chdir):
+    """``_core.run_job`` (what ``hydra/launcher=basic`` runs each cell with) and Hydra's own
+    ``run_job`` on the same cells: the task sees the same config, Hydra node, working
+    directory and environment; ``.hydra/`` holds byte-identical files; the returns agree,
+    for a task that returns and one that raises."""
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.core.utils import run_job
+    from hydra.types import HydraContext
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("GRADBENCH_TEST_ENV", raising=False)
+
+    def task(cfg):
+        seen.append({
+            "cfg": OmegaConf.to_container(cfg), "struct": OmegaConf.is_struct(cfg),
+            "hydra": OmegaConf.to_container(HydraConfig.get()), "cwd": __import__("os").getcwd(),
+            "env": __import__("os").environ.get("GRADBENCH_TEST_ENV"),
+        })  # fmt: skip
+        if cfg.n_samples == 3:
+            raise RuntimeError("a failing cell")
+        return f"ran with {cfg.n_samples} samples"
+
+    overrides = [f"hydra.sweep.dir={tmp_path / 'sweep'}", f"hydra.job.chdir={chdir}",
+                 "++hydra.job.env_set.GRADBENCH_TEST_ENV=set", "estimator=reinforce,reparam",
+                 "n_samples=2,3"]  # fmt: skip
+    with hydra_context():
+        loader, master, cells = master_and_cells(overrides)
+        context = HydraContext(config_loader=loader, callbacks=None)
+        from hydra._internal.callbacks import Callbacks
+
+        context.callbacks = Callbacks(master)
+        outcomes = {}
+        for name, step in {
+            "hydra": lambda cfg: run_job(
+                task, cfg, "hydra.sweep.dir", "hydra.sweep.subdir", context
+            ),  # fmt: skip
+            "gradbench": lambda cfg: _core.run_job(task, cfg, context),
+        }.items():
+            seen, returns = [], []
+            for idx, cell in enumerate(cells):
+                cfg = loader.load_sweep_config(master, list(cell))
+                with open_dict(cfg):
+                    cfg.hydra.job.id = cfg.hydra.job.num = idx
+                returns.append(step(cfg))
+            files = {str(p.relative_to(tmp_path)): p.read_bytes()
+                     for p in sorted(tmp_path.glob("sweep/*/.hydra/*.yaml"))}  # fmt: skip
+            shutil.rmtree(tmp_path / "sweep")
+            outcomes[name] = seen, returns, files
+    (seen_h, ret_h, files_h), (seen_g, ret_g, files_g) = outcomes["hydra"], outcomes["gradbench"]
+    assert len(files_h) == 3 * len(cells) == 12 and files_g == files_h
+    assert seen_g == seen_h and {s["env"] for s in seen_h} == {"set"}
+    assert all((s["cwd"] == s["hydra"]["runtime"]["output_dir"]) == chdir for s in seen_h)
+    assert "GRADBENCH_TEST_ENV" not in __import__("os").environ
+    for h, g in zip(ret_h, ret_g, strict=True):
+        assert (g.status, g.overrides, g.working_dir, g.task_name) == (
+            h.status, h.overrides, h.working_dir, h.task_name)  # fmt: skip
+        assert OmegaConf.to_container(g.cfg) == OmegaConf.to_container(h.cfg)
+        assert OmegaConf.to_container(g.hydra_cfg.hydra) == OmegaConf.to_container(
+            h.hydra_cfg.hydra
+        )
+        if h.status.name == "FAILED":
+            assert repr(g._return_value) == repr(h._return_value)
+        else:
+            assert g.return_value == h.return_value
+    assert sorted(h.status.name for h in ret_h) == ["COMPLETED", "COMPLETED", "FAILED", "FAILED"]

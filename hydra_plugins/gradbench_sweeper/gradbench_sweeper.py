@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Dict, List, Optional  # noqa: UP035 (OmegaConf reads these)
 
+from hydra._internal.core_plugins.basic_launcher import BasicLauncher
 from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
 from hydra.core.config_store import ConfigStore
 from hydra.core.override_parser.overrides_parser import OverridesParser
@@ -30,7 +31,7 @@ from hydra.core.utils import JobReturn
 from hydra.types import HydraContext, TaskFunction
 from hydra_plugins.hydra_joblib_launcher.joblib_launcher import JoblibLauncher
 from hydra_plugins.hydra_submitit_launcher.submitit_launcher import LocalLauncher, SlurmLauncher
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, open_dict
 
 from hydra_plugins.gradbench_sweeper import _core
 
@@ -43,6 +44,7 @@ LAUNCHER_LOGGERS = (
     "hydra_plugins.hydra_ray_launcher.ray_launcher",
 )
 JOBLIB_TARGET = "hydra_plugins.hydra_joblib_launcher.joblib_launcher.JoblibLauncher"
+BASIC_TARGET = "hydra._internal.core_plugins.basic_launcher.BasicLauncher"
 # Joins the cells of one submitit task into the one override list Hydra's launcher passes.
 CELL_SEP = "\x00"
 # Batches per joblib worker: more than one, so that a worker done early takes another.
@@ -62,6 +64,28 @@ class GradbenchSweeperConf:
 ConfigStore.instance().store(
     group="hydra/sweeper", name="gradbench", node=GradbenchSweeperConf, provider="gradbench"
 )
+
+
+class InProcessLauncher(BasicLauncher):
+    """Hydra's basic launcher (``hydra/launcher=basic``), each cell run by ``_core.run_job``:
+    Hydra's job step without its copies of the config."""
+
+    def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int):
+        from hydra.core.utils import configure_log, setup_globals
+
+        setup_globals()
+        configure_log(self.config.hydra.hydra_logging, self.config.hydra.verbose)
+        Path(str(self.config.hydra.sweep.dir)).mkdir(parents=True, exist_ok=True)
+        runs = []
+        for idx, overrides in enumerate(job_overrides, start=initial_job_idx):
+            loader = self.hydra_context.config_loader
+            cfg = loader.load_sweep_config(self.config, list(overrides))
+            with open_dict(cfg):
+                cfg.hydra.job.id = idx
+                cfg.hydra.job.num = idx
+            runs.append(_core.run_job(self.task_function, cfg, self.hydra_context))
+            configure_log(self.config.hydra.hydra_logging, self.config.hydra.verbose)
+        return runs
 
 
 class BatchedJoblibLauncher(JoblibLauncher):
@@ -167,7 +191,9 @@ class GradbenchSweeper(BasicSweeper):
         target = str(launcher_cfg.get("_target_"))
         params = OmegaConf.to_container(launcher_cfg, resolve=True)
         params.pop("_target_")
-        if target == JOBLIB_TARGET:
+        if target == BASIC_TARGET:
+            self.launcher = InProcessLauncher(**params)
+        elif target == JOBLIB_TARGET:
             self.launcher = BatchedJoblibLauncher(**params)
         elif target.rsplit(".", 1)[-1] in BATCHED_SUBMITIT and self.cells_per_task > 1:
             self.launcher = BATCHED_SUBMITIT[target.rsplit(".", 1)[-1]](**params)
