@@ -49,7 +49,11 @@ def config_path() -> str:
 
 
 def hydra_context():
-    """Initialise Hydra's Compose API on gradbench's config tree (a context manager)."""
+    """Initialise Hydra's Compose API on gradbench's config tree (a context manager), with
+    the composition caches of ``hydra_plugins.gradbench_sweeper._compose``."""
+    from hydra_plugins.gradbench_sweeper import _compose
+
+    _compose.install()
     GlobalHydra.instance().clear()
     path = config_path()
     if path.startswith("pkg://"):

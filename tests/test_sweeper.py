@@ -25,7 +25,7 @@ from benchmarks import precheck, run
 from benchmarks.cli import main
 from benchmarks.config import hydra_context
 from benchmarks.storage import RECORDS
-from hydra_plugins.gradbench_sweeper import _core
+from hydra_plugins.gradbench_sweeper import _compose, _core
 from hydra_plugins.gradbench_sweeper import gradbench_sweeper as plugin
 
 FAST = ["task.warmup_steps=2", "task.timing_min_run_time=0.001", "replicates=100"]
@@ -58,10 +58,14 @@ def master_and_cells(overrides: list[str]):
 
 
 def assert_cheap_equals_hydra(overrides: list[str], stride: int = 1) -> int:
-    loader, master, cells = master_and_cells(overrides)
+    """Each cell's config from the sweeper's loader, with the composition caches, equals
+    Hydra's own composition without them."""
+    with _compose.hydras_own():
+        loader, master, cells = master_and_cells(overrides)
     cheap = _core.CachingConfigLoader(loader)
     for cell in cells[::stride]:
-        own = loader.load_sweep_config(master, list(cell))
+        with _compose.hydras_own():
+            own = loader.load_sweep_config(master, list(cell))
         fast = cheap.load_sweep_config(master, list(cell))
         for key in ("job.override_dirname", "overrides.task", "runtime.choices"):
             assert OmegaConf.select(fast.hydra, key) == OmegaConf.select(own.hydra, key), key
@@ -373,3 +377,32 @@ def test_the_in_process_job_step_is_hydras_run_job(tmp_path, monkeypatch, chdir)
         else:
             assert g.return_value == h.return_value
     assert sorted(h.status.name for h in ret_h) == ["COMPLETED", "COMPLETED", "FAILED", "FAILED"]
+
+
+def test_the_composition_caches_read_an_edited_file_again(tmp_path):
+    """A copy of conf/ whose primary config and an estimator's file are rewritten between two
+    compositions, in the same clock tick and at the same size: the second composition has
+    the new values, as Hydra's own has."""
+    from hydra import initialize_config_dir
+
+    from benchmarks.config import SOURCE_CONF
+
+    conf = tmp_path / "conf"
+    shutil.copytree(SOURCE_CONF, conf)
+    primary, option = conf / "config.yaml", conf / "estimator" / "reinforce_ema.yaml"
+    texts = {path: path.read_text() for path in (primary, option)}
+    assert "seed: 0\n" in texts[primary] and "decay: 0.9" in texts[option]
+    overrides = ["estimator=reinforce_ema"]
+    _compose.install()
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(str(conf), version_base="1.3"):
+        loader = GlobalHydra.instance().config_loader()
+        first = loader.load_configuration("config", overrides, run_mode=RunMode.RUN)
+        primary.write_text(texts[primary].replace("seed: 0\n", "seed: 7\n"))
+        option.write_text(texts[option].replace("decay: 0.9", "decay: 0.5"))
+        second = loader.load_configuration("config", overrides, run_mode=RunMode.RUN)
+        with _compose.hydras_own():
+            own = loader.load_configuration("config", overrides, run_mode=RunMode.RUN)
+    assert (first.seed, first.estimator.baseline.decay) == (0, 0.9)
+    assert (second.seed, second.estimator.baseline.decay) == (7, 0.5)
+    assert OmegaConf.to_yaml(second) == OmegaConf.to_yaml(own)

@@ -33,6 +33,8 @@ from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 from omegaconf._utils import get_omega_conf_dumper
 from omegaconf.errors import OmegaConfBaseException
 
+from hydra_plugins.gradbench_sweeper import _compose
+
 # The cell folder setting of conf/config.yaml: with it, a cell's folder follows from its
 # overrides alone.
 CELL_SUBDIR = "${gradbench.cell_dir:${hydra.job.override_dirname}}"
@@ -137,6 +139,7 @@ class CachingConfigLoader:
         )
 
     def load_sweep_config(self, master_config: DictConfig, sweep_overrides: list[str]):
+        _compose.install()  # in a launcher's worker too
         if _TOKEN[0] != self.token:  # a new sweep: configs on disk may have changed
             _COMPOSED.clear()
             _TOKEN[0] = self.token

@@ -1,0 +1,179 @@
+"""Hydra's composition with the work that repeats from one composition to the next done once.
+
+A sweep composes its config once per combination of config-group choices, and every one of
+those compositions reads and parses the same config files and merges Hydra's own dozen
+configs and the primary config in the same order before it reaches the groups that differ.
+``install`` puts two caches on Hydra's classes, for this process:
+
+- ``ConfigRepository.load_config`` keeps each file's parsed result, keyed by the file's path
+  and bytes, and hands out a copy (Hydra's merge takes nodes from it, and
+  its loader replaces a result's config with the schema-merged one);
+- ``ConfigLoaderImpl._compose_config_from_defaults_list`` keeps the config merged up to and
+  including the primary config, keyed by what each of those defaults is and by its file's
+  key (or, for a config the ConfigStore holds, the stored node), and merges the rest of the
+  defaults list into a copy of it.
+
+A file edited between compositions gets a new key and is parsed again. A default whose source
+is neither a file, a package file nor the ConfigStore is never cached. The compositions
+equal Hydra's own (tests/test_sweeper.py composes every cell of the toy presets both ways).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import os
+from collections.abc import Iterator
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from hydra._internal.config_loader_impl import ConfigLoaderImpl
+from hydra._internal.config_repository import ConfigRepository
+from hydra.core.config_store import ConfigStore
+from hydra.core.object_type import ObjectType
+from hydra.plugins.config_source import ConfigSource
+from omegaconf import DictConfig, OmegaConf, flag_override
+
+_LOADS: dict[tuple, Any] = {}
+_PREFIXES: dict[tuple, DictConfig] = {}
+_ORIGINAL: dict[str, Any] = {}
+
+
+class _Stored:
+    """A ConfigStore node as part of a key: equal only to itself, kept alive by the key."""
+
+    def __init__(self, node: Any) -> None:
+        self.node = node
+
+    def __hash__(self) -> int:
+        return id(self.node)
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, _Stored) and other.node is self.node
+
+
+def source_key(source: ConfigSource | None, config_path: str) -> tuple | None:
+    """What a config's content follows from: its file's path and bytes (a modification time
+    can be the same for two writes in one clock tick), or the ConfigStore's node; None where
+    neither is known."""
+    if source is None:
+        return None
+    name = ConfigSource._normalize_file_name(config_path)
+    scheme = source.scheme()
+    if scheme == "structured":
+        try:
+            return ("structured", _Stored(ConfigStore.instance()._load(name)))
+        except Exception:  # Hydra's own load gives the error
+            return None
+    if scheme == "file":
+        path = Path(os.path.realpath(os.path.join(source.path, name)))
+    elif scheme == "pkg":
+        path = resources.files(source.path).joinpath(name)
+        if not isinstance(path, Path):  # inside a zip: left to Hydra
+            return None
+    else:
+        return None
+    try:
+        return (str(path), path.read_bytes())
+    except OSError:
+        return None
+
+
+def _find(repo: Any, config_path: str) -> ConfigSource | None:
+    while not isinstance(repo, ConfigRepository):  # Hydra's CachingConfigRepository
+        repo = getattr(repo, "delegate", None)
+        if repo is None:
+            return None
+    return repo._find_object_source(config_path=config_path, object_type=ObjectType.CONFIG)
+
+
+def load_config(self: ConfigRepository, config_path: str):
+    """``ConfigRepository.load_config``, each file parsed once (a copy handed out)."""
+    key = source_key(_find(self, config_path), config_path)
+    if key is None or key[0] == "structured":  # the ConfigStore hands out copies itself
+        return _ORIGINAL["load_config"](self, config_path)
+    if key not in _LOADS:
+        _LOADS[key] = _ORIGINAL["load_config"](self, config_path)
+    return copy.deepcopy(_LOADS[key])
+
+
+def compose_from_defaults(self: ConfigLoaderImpl, defaults: list, repo: Any) -> DictConfig:
+    """``ConfigLoaderImpl._compose_config_from_defaults_list``, starting from a copy of the
+    config merged up to the primary config where an earlier composition made it."""
+    primary = next((i for i, d in enumerate(defaults) if d.primary), None)
+    if primary is None:
+        return _ORIGINAL["compose"](self, defaults, repo)
+    keys = []
+    for default in defaults[: primary + 1]:
+        found = source_key(_find(repo, default.config_path), default.config_path)
+        if found is None:
+            return _ORIGINAL["compose"](self, defaults, repo)
+        keys.append((default.config_path, default.package, default.primary, default.is_self,
+                     found))  # fmt: skip
+    key = tuple(keys)
+    if key not in _PREFIXES:
+        _PREFIXES[key] = merge_defaults(self, defaults[: primary + 1], repo)
+    cfg = copy.deepcopy(_PREFIXES[key])
+    merged = merge_defaults(self, defaults[primary + 1 :], repo, start=cfg)
+    strip_defaults(merged)
+    return merged
+
+
+def merge_defaults(self: ConfigLoaderImpl, defaults: list, repo: Any, start=None) -> DictConfig:
+    """The merge loop of Hydra's ``_compose_config_from_defaults_list``, from ``start``,
+    without its last step (``strip_defaults``)."""
+    from hydra.errors import ConfigCompositionException
+    from omegaconf.errors import OmegaConfBaseException
+
+    cfg = OmegaConf.create() if start is None else start
+    with flag_override(cfg, "no_deepcopy_set_nodes", True):
+        for default in defaults:
+            loaded = self._load_single_config(default=default, repo=repo)
+            try:
+                cfg.merge_with(loaded.config)
+            except OmegaConfBaseException as e:
+                raise ConfigCompositionException(
+                    f"In '{default.config_path}': {type(e).__name__} raised while"
+                    f" composing config:\n{e}"
+                ) from e
+    return cfg
+
+
+def strip_defaults(cfg: Any) -> None:
+    """Hydra's removal of the defaults lists left in a composed config."""
+    if isinstance(cfg, DictConfig):
+        if cfg._is_missing() or cfg._is_none():
+            return
+        with flag_override(cfg, ["readonly", "struct"], False):
+            if cfg._get_flag("HYDRA_REMOVE_TOP_LEVEL_DEFAULTS"):
+                cfg._set_flag("HYDRA_REMOVE_TOP_LEVEL_DEFAULTS", None)
+                cfg.pop("defaults", None)
+        for _key, value in cfg.items_ex(resolve=False):
+            strip_defaults(value)
+
+
+def install() -> None:
+    """Put the two caches on Hydra's classes, in this process: gradbench's commands and the
+    sweeper do, not Hydra's plugin scan, so another Hydra app is left as it is."""
+    if _ORIGINAL:
+        return
+    _ORIGINAL["load_config"] = ConfigRepository.load_config
+    _ORIGINAL["compose"] = ConfigLoaderImpl._compose_config_from_defaults_list
+    ConfigRepository.load_config = load_config
+    ConfigLoaderImpl._compose_config_from_defaults_list = compose_from_defaults
+
+
+@contextlib.contextmanager
+def hydras_own() -> Iterator[None]:
+    """Hydra's own composition while in the block, the caches kept (what tests compare)."""
+    installed = bool(_ORIGINAL)
+    if installed:
+        ConfigRepository.load_config = _ORIGINAL["load_config"]
+        ConfigLoaderImpl._compose_config_from_defaults_list = _ORIGINAL["compose"]
+        _ORIGINAL.clear()
+    try:
+        yield
+    finally:
+        if installed:
+            install()
