@@ -255,6 +255,22 @@ def to_yaml(container: Any) -> str:
     )  # fmt: skip
 
 
+def launch_cell(
+    hydra_context: Any,
+    master: DictConfig,
+    task_function: Any,
+    overrides: Sequence[str],
+    idx: int,
+    job_id: Any,
+) -> JobReturn:
+    """Compose one cell (``load_sweep_config``), number it as the launcher does and run it."""
+    cfg = hydra_context.config_loader.load_sweep_config(master, list(overrides))
+    with open_dict(cfg):
+        cfg.hydra.job.id = job_id
+        cfg.hydra.job.num = idx
+    return run_job(task_function, cfg, hydra_context)
+
+
 def run_job(task_function: Any, config: DictConfig, hydra_context: Any) -> JobReturn:
     """Hydra's ``run_job`` for one cell of a sweep, in this process, without its copies.
 

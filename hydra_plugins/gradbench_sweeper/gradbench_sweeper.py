@@ -9,9 +9,12 @@ of a preset, the command line winning). What it does differently:
 - Cells the pre-check composed and built are not composed again to validate them (Hydra's
   ``validate_batch_is_legal``); a sweep run without the pre-check is validated as before.
 - The launcher gets a config loader that composes each combination of config-group choices
-  once per process and sets plain values on a copy (``_core.CachingConfigLoader``); under
-  ``hydra/launcher=joblib`` each worker gets a batch of cells, so Hydra's state is sent and
-  each composition made once per batch, not once per cell.
+  once per process and sets plain values on a copy (``_core.CachingConfigLoader``), and each
+  composition reuses the parsed files and Hydra's merged part of the ones before it
+  (``_compose``); under ``hydra/launcher=joblib`` each worker gets a batch of cells, so
+  Hydra's state is sent and each composition made once per batch, not once per cell.
+- In this process (``hydra/launcher=basic``) and in joblib's workers each cell runs through
+  ``_core.run_job``: Hydra's job step without its copies of the whole config.
 - Progress is one line for the whole sweep on a terminal, nothing per cell in a log.
 """
 
@@ -31,7 +34,7 @@ from hydra.core.utils import JobReturn
 from hydra.types import HydraContext, TaskFunction
 from hydra_plugins.hydra_joblib_launcher.joblib_launcher import JoblibLauncher
 from hydra_plugins.hydra_submitit_launcher.submitit_launcher import LocalLauncher, SlurmLauncher
-from omegaconf import DictConfig, OmegaConf, open_dict
+from omegaconf import DictConfig, OmegaConf
 
 from hydra_plugins.gradbench_sweeper import _core
 
@@ -78,12 +81,8 @@ class InProcessLauncher(BasicLauncher):
         Path(str(self.config.hydra.sweep.dir)).mkdir(parents=True, exist_ok=True)
         runs = []
         for idx, overrides in enumerate(job_overrides, start=initial_job_idx):
-            loader = self.hydra_context.config_loader
-            cfg = loader.load_sweep_config(self.config, list(overrides))
-            with open_dict(cfg):
-                cfg.hydra.job.id = idx
-                cfg.hydra.job.num = idx
-            runs.append(_core.run_job(self.task_function, cfg, self.hydra_context))
+            runs.append(_core.launch_cell(self.hydra_context, self.config, self.task_function,
+                                          overrides, idx, job_id=idx))  # fmt: skip
             configure_log(self.config.hydra.hydra_logging, self.config.hydra.verbose)
         return runs
 
@@ -154,15 +153,16 @@ BATCHED_SUBMITIT = {"LocalLauncher": BatchedLocalLauncher, "SlurmLauncher": Batc
 
 
 def execute_cells(batch, hydra_context, config, task_function, singleton_state) -> list:
-    """Run a batch of cells in a joblib worker, as Hydra's ``execute_job`` runs one."""
+    """Run a batch of cells in a joblib worker, as Hydra's joblib ``execute_job`` runs one
+    (its job id, ``<job name>_<index>``), each through ``_core.run_job``."""
     from hydra.core.singleton import Singleton
     from hydra.core.utils import setup_globals
-    from hydra_plugins.hydra_joblib_launcher._core import execute_job
 
     setup_globals()
     Singleton.set_state(singleton_state)
+    name = config.hydra.job.name
     return [
-        execute_job(idx, overrides, hydra_context, config, task_function, singleton_state)
+        _core.launch_cell(hydra_context, config, task_function, overrides, idx, f"{name}_{idx}")
         for idx, overrides in batch
     ]
 
