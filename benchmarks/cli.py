@@ -80,6 +80,10 @@ def cmd_run(args: Sequence[str]) -> int:
     finally:
         forget_plan()
     if plan is not None and plan.multirun:
+        if plan.interrupted:
+            print(f"gradbench: {plan.interrupted}", file=sys.stderr)
+            summarise(plan.output_dir, started)
+            return 1
         failed = summarise(plan.output_dir, started)
         remember_sweep(args, flags, plan)
         return 1 if failed else 0

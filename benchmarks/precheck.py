@@ -299,6 +299,9 @@ class Plan:
     exclude_keys: list[str] = field(default_factory=list)
     cell_folders: bool = False
     resume: bool = True  # the composed ``resume`` setting
+    # Set by the sweeper where a launcher's task ended without finishing (a Slurm task
+    # cancelled or killed): one line saying so; the CLI prints it with the summary.
+    interrupted: str | None = None
     # The pre-check's compositions, for the launcher (None where they cannot be shared).
     shared: SharedCompositions | None = None
 

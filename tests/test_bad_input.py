@@ -200,8 +200,13 @@ def test_device_cuda_without_cuda_is_an_error_and_auto_falls_back(workdir, capsy
     assert (workdir / "auto" / "records.parquet").is_file()
 
 
-@pytest.mark.skipif(shutil.which("sbatch") is not None, reason="Slurm is installed here")
-def test_slurm_launcher_without_slurm_is_an_error(workdir, capsys):
+def test_slurm_launcher_without_slurm_is_an_error(workdir, capsys, monkeypatch):
+    # A PATH without the folders that hold sbatch, so that the test runs where Slurm is too.
+    path = os.environ.get("PATH", "").split(os.pathsep)
+    monkeypatch.setenv(
+        "PATH", os.pathsep.join(d for d in path if not (Path(d) / "sbatch").exists())
+    )
+    assert shutil.which("sbatch") is None
     code = main(["run", "-m", "n_samples=1,2", "hydra/launcher=slurm_example"])
     err = capsys.readouterr().err
     assert_clear_error(code, err, "needs Slurm, and sbatch is not on this machine's PATH", workdir)

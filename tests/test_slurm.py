@@ -121,8 +121,12 @@ def test_a_sweep_through_slurm_killed_with_scancel_resumes_with_the_basic_launch
                  lambda: our_tasks(tmp_path).get((job, second)) in ("RUNNING", None),
                  proc, log)  # fmt: skip
         slurm_command("scancel", job)
-        # submitit learns from sacct that a task was cancelled and the command fails.
+        # submitit learns from sacct that a task was cancelled and the command fails, in one
+        # line and the summary of what is complete, not a traceback.
         assert proc.wait(timeout=WAIT_S) != 0, log.read_text()
+        said = log.read_text()
+        assert "a launcher task ended without finishing" in said, said
+        assert "Traceback" not in said and "records under:" in said, said
     finally:
         if proc.poll() is None:
             proc.kill()

@@ -213,6 +213,25 @@ class Progress:
             self.stream.flush()
 
 
+def is_uncompleted(exc: BaseException) -> bool:
+    """Whether a launch failed because a submitit task ended without finishing (cancelled,
+    killed, out of time): the cells it had not finished are simply not complete."""
+    try:
+        from submitit.core.utils import UncompletedJobError
+    except ImportError:
+        return False
+    return isinstance(exc, UncompletedJobError)
+
+
+def uncompleted_line(exc: BaseException) -> str:
+    """One line for a task that ended without finishing, from submitit's message."""
+    first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    return (
+        f"a launcher task ended without finishing ({first}); the cells it had not finished "
+        "are not complete: run the same command again to resume"
+    )
+
+
 def cpu_workers(n_jobs: int | None) -> int:
     """The worker processes joblib starts for ``n_jobs`` (negative: CPUs + 1 + n_jobs)."""
     from benchmarks.config import available_cpus

@@ -213,7 +213,8 @@ class GradbenchSweeper(BasicSweeper):
         sweep_dir = Path(str(self.config.hydra.sweep.dir))
         sweep_dir.mkdir(parents=True, exist_ok=True)
         OmegaConf.save(self.config, sweep_dir / "multirun.yaml")
-        plan = planned_sweep(sweep_dir) or Plan(True, sweep_dir, len(cells))
+        checked = planned_sweep(sweep_dir)
+        plan = checked or Plan(True, sweep_dir, len(cells))
         progress = _core.Progress(len(cells))
         todo = []
         for idx, cell in enumerate(cells):
@@ -232,7 +233,15 @@ class GradbenchSweeper(BasicSweeper):
         returns: List[Sequence[JobReturn]] = []  # noqa: UP006
         try:
             for batch in self._batches(todo):
-                results = self.launcher.launch([c for _, c in batch], initial_job_idx=batch[0][0])
+                try:
+                    results = self.launcher.launch(
+                        [c for _, c in batch], initial_job_idx=batch[0][0]
+                    )
+                except Exception as exc:
+                    if checked is None or not _core.is_uncompleted(exc):
+                        raise
+                    checked.interrupted = _core.uncompleted_line(exc)
+                    break
                 for r in results:
                     _ = r.return_value  # raises where the job raised, as Hydra's sweeper does
                 failed = sum(r.return_value == "failed" for r in results)
