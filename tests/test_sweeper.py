@@ -327,6 +327,8 @@ def test_the_in_process_job_step_is_hydras_run_job(tmp_path, monkeypatch, chdir)
     def task(cfg):
         seen.append({
             "cfg": OmegaConf.to_container(cfg), "struct": OmegaConf.is_struct(cfg),
+            "type": OmegaConf.get_type(cfg), "readonly": OmegaConf.is_readonly(cfg),
+            "yaml": OmegaConf.to_yaml(cfg), "keys": list(cfg),
             "hydra": OmegaConf.to_container(HydraConfig.get()), "cwd": __import__("os").getcwd(),
             "env": __import__("os").environ.get("GRADBENCH_TEST_ENV"),
         })  # fmt: skip

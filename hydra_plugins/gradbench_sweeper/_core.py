@@ -340,6 +340,17 @@ def launch_cell(
     return run_job(task_function, cfg, hydra_context)
 
 
+def without_hydra(config: DictConfig) -> DictConfig:
+    """A deep copy of ``config`` less its ``hydra`` node (the config a task gets), made
+    without copying that node: it stands for itself in the copy until it is deleted there."""
+    node = config._get_node("hydra")
+    task_cfg = copy.deepcopy(config, memo={id(node): node})
+    with read_write(task_cfg), open_dict(task_cfg):
+        del task_cfg["hydra"]
+    node._set_parent(config)  # as DictConfig's copy leaves it; kept whatever OmegaConf does
+    return task_cfg
+
+
 def run_job(task_function: Any, config: DictConfig, hydra_context: Any) -> JobReturn:
     """Hydra's ``run_job`` for one cell of a sweep, in this process, without its copies.
 
@@ -349,7 +360,7 @@ def run_job(task_function: Any, config: DictConfig, hydra_context: Any) -> JobRe
     same three files. Hydra copies the whole config with its large Hydra node four times for
     this, and writes the files with the pure-Python YAML emitter; here
     ``config`` is the cell's own (``load_sweep_config`` made it), so ``HydraConfig`` takes
-    it as it is, read-only, and only the task's part is copied.
+    it as it is, read-only, and only the task's part is copied (``without_hydra``).
     """
     callbacks = hydra_context.callbacks
     old_cwd = os.getcwd()
@@ -366,9 +377,7 @@ def run_job(task_function: Any, config: DictConfig, hydra_context: Any) -> JobRe
     chdir = False
     try:
         ret = JobReturn()
-        task_cfg = copy.deepcopy(config)
-        with read_write(task_cfg), open_dict(task_cfg):
-            del task_cfg["hydra"]
+        task_cfg = without_hydra(config)
         ret.cfg = task_cfg
         ret.hydra_cfg = config  # its ``hydra`` node is Hydra's ``hydra_cfg.hydra``
         ret.overrides = OmegaConf.to_container(config.hydra.overrides.task)
