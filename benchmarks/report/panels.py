@@ -65,6 +65,7 @@ def finish(
     for ax in axes:
         _drop_unlabelled_minor_ticks(ax)
         _fix_title_height(ax)
+        _spines_out_of_layout(ax)
         for handle, text in zip(*ax.get_legend_handles_labels(), strict=True):
             if text not in handles:
                 handles[text] = handle
@@ -127,3 +128,19 @@ def _fix_title_height(ax) -> None:
     """
     if not isinstance(ax.yaxis.get_major_formatter(), ScalarFormatter):
         ax.set_title(ax.get_title(), y=1.0)
+
+
+def _spines_out_of_layout(ax) -> None:
+    """Leave the spines out of the layout's measurements where no tick mark is drawn.
+
+    A spine's extent for the layout is the panel's edge plus the length of its tick marks,
+    found by computing the axis's ticks again, four spines a panel in every layout pass.
+    ``STYLE`` draws no tick marks, so that extent is the panel's edge, which the layout
+    counts anyway.
+    """
+    ticks = [*ax.xaxis.majorTicks[:1], *ax.xaxis.minorTicks[:1]]
+    ticks += [*ax.yaxis.majorTicks[:1], *ax.yaxis.minorTicks[:1]]
+    if any(t.tick1line.get_visible() or t.tick2line.get_visible() for t in ticks):
+        return
+    for spine in ax.spines.values():
+        spine.set_in_layout(False)
