@@ -530,3 +530,53 @@ def test_drawing_records_does_not_import_seaborn():
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=root)
     assert done.returncode == 0, done.stderr
     assert done.stdout.split() == ["False"]
+
+
+def test_the_report_command_imports_neither_torch_nor_hydra(tmp_path):
+    # Importing torch alone is seconds: the report reads parquet and draws, nothing more.
+    write_run(tmp_path / "a", cell("reinforce", 10, 1.0, params=("mu",)))
+    write_run(tmp_path / "b", cell("reparam", 10, 0.1, params=("mu",)))
+    heavy = ["torch", "hydra", "omegaconf", "scipy", "seaborn", "estimators", "matplotlib"]
+    code = (
+        f"import sys; from benchmarks.cli import main; main(['report', {str(tmp_path)!r}, "
+        f"'--dpi', '30']); print('imported', *[m for m in {heavy!r} if m in sys.modules])"
+    )
+    root = Path(__file__).parents[1]
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=root)
+    assert done.returncode == 0, done.stderr
+    assert (tmp_path / "report" / "bias.png").is_file()
+    # matplotlib is the control: the check sees what the report imports.
+    assert done.stdout.splitlines()[-1] == "imported matplotlib"
+
+
+def test_layout_shortcuts_change_no_pixel(tmp_path, monkeypatch):
+    # The figures fix their titles' height and leave the spines out of the layout where
+    # neither can change where anything lands; matplotlib's own placement gives the same
+    # pixels. The training figure's linear y axis keeps matplotlib's title placement.
+    from matplotlib.image import imread
+
+    from benchmarks.report import panels
+    from benchmarks.report.write import save
+
+    train = pd.concat([train_log("reinforce"), train_log("reparam", 1)])
+    draws = {
+        "bias": lambda: report.fig_bias(toy_records()),
+        "variance": lambda: report.fig_variance_vs_n_samples(toy_records()),
+        "cost": lambda: report.fig_time_per_estimate(toy_records()),
+        "train": lambda: report.fig_train_objective_vs_time(train),
+    }
+
+    def pixels(name: str) -> np.ndarray:
+        fig = draws[name]()
+        spines = [spine.get_in_layout() for ax in fig.axes for spine in ax.spines.values()]
+        save(fig, tmp_path / f"{name}.png", dpi=60)
+        return imread(tmp_path / f"{name}.png"), spines
+
+    shortcut = {name: pixels(name) for name in draws}
+    monkeypatch.setattr(panels, "_fix_title_height", lambda ax: None)
+    monkeypatch.setattr(panels, "_spines_out_of_layout", lambda ax: None)
+    for name in draws:
+        image, spines = pixels(name)
+        assert not any(shortcut[name][1]) and all(spines), name  # the shortcut was taken
+        assert image.shape == shortcut[name][0].shape, name
+        assert np.array_equal(image, shortcut[name][0]), name

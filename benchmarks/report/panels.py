@@ -7,7 +7,7 @@ from collections.abc import Sequence
 
 import pandas as pd
 from matplotlib.figure import Figure
-from matplotlib.ticker import NullLocator
+from matplotlib.ticker import NullLocator, ScalarFormatter
 
 from benchmarks.report.frames import ordered_objectives
 from benchmarks.report.style import PANEL
@@ -64,6 +64,8 @@ def finish(
     handles, labels = {}, []
     for ax in axes:
         _drop_unlabelled_minor_ticks(ax)
+        _fix_title_height(ax)
+        _spines_out_of_layout(ax)
         for handle, text in zip(*ax.get_legend_handles_labels(), strict=True):
             if text not in handles:
                 handles[text] = handle
@@ -114,3 +116,31 @@ def _drop_unlabelled_minor_ticks(ax) -> None:
         locs = axis.get_minor_locator()()
         if len(locs) and not any(axis.get_minor_formatter().format_ticks(locs)):
             axis.set_minor_locator(NullLocator())
+
+
+def _fix_title_height(ax) -> None:
+    """Keep the title at the top of the panel where nothing could push it up.
+
+    Matplotlib places a title automatically to clear a y offset text (``1e-5`` above the
+    axis), measuring every tick label of the panel again for it, in each layout pass and
+    the draw. Only a ``ScalarFormatter`` writes an offset text, and the x axis is at the
+    bottom, so on any other y axis (log, named ticks) the title stays at the top anyway.
+    """
+    if not isinstance(ax.yaxis.get_major_formatter(), ScalarFormatter):
+        ax.set_title(ax.get_title(), y=1.0)
+
+
+def _spines_out_of_layout(ax) -> None:
+    """Leave the spines out of the layout's measurements where no tick mark is drawn.
+
+    A spine's extent for the layout is the panel's edge plus the length of its tick marks,
+    found by computing the axis's ticks again, four spines a panel in every layout pass.
+    ``STYLE`` draws no tick marks, so that extent is the panel's edge, which the layout
+    counts anyway.
+    """
+    ticks = [*ax.xaxis.majorTicks[:1], *ax.xaxis.minorTicks[:1]]
+    ticks += [*ax.yaxis.majorTicks[:1], *ax.yaxis.minorTicks[:1]]
+    if any(t.tick1line.get_visible() or t.tick2line.get_visible() for t in ticks):
+        return
+    for spine in ax.spines.values():
+        spine.set_in_layout(False)
