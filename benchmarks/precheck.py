@@ -388,8 +388,6 @@ def check_run(overrides: list[str], flags: dict[str, str], multirun: bool = Fals
                     if plan.multirun and config_dir is None:
                         lines = launcher_hydra_lines(overrides, plan, first, multirun)
                         plan.shared = SharedCompositions(config_name, lines)
-                    if plan.multirun and not known:
-                        warm_parallel_workers(first.hydra.launcher)
                 key = cell_key(cell)
                 if known.get(key) and plan_cell_complete(plan, key, known[key]):
                     hashes[key] = known[key]
@@ -407,16 +405,6 @@ def check_run(overrides: list[str], flags: dict[str, str], multirun: bool = Fals
         if len(hashes) == cells:
             write_plan(plan, inputs)
     return plan
-
-
-def warm_parallel_workers(launcher: DictConfig) -> None:
-    """Under ``hydra/launcher=joblib``, start its workers while the check goes on: a fresh
-    sweep needs them, and starting them (importing torch in each) would otherwise come
-    after the check."""
-    if str(launcher.get("_target_", "")).endswith("joblib_launcher.JoblibLauncher"):
-        from hydra_plugins.gradbench_sweeper import _core
-
-        _core.warm_joblib_workers(OmegaConf.to_container(launcher, resolve=True))
 
 
 def inputs_fingerprint(overrides: list[str], config_name: str, config_dir: str | None) -> str:

@@ -408,18 +408,3 @@ def test_the_composition_caches_read_an_edited_file_again(tmp_path):
     assert (first.seed, first.estimator.baseline.decay) == (0, 0.9)
     assert (second.seed, second.estimator.baseline.decay) == (7, 0.5)
     assert OmegaConf.to_yaml(second) == OmegaConf.to_yaml(own)
-
-
-def test_joblib_workers_start_during_the_check_of_a_fresh_sweep_only(tmp_path, monkeypatch):
-    """The CLI starts joblib's workers while it checks the cells of a sweep with cells to
-    run; not for the basic launcher, and not when the plan says every cell is complete."""
-    started = []
-    monkeypatch.setattr(_core, "warm_joblib_workers", lambda launcher: started.append(launcher))
-    grid = ["objective=categorical_linear", "estimator=reinforce", "n_samples=2,3"]
-    assert sweep(tmp_path / "j", *grid, "hydra/launcher=joblib", "hydra.launcher.n_jobs=2") == 0
-    assert len(started) == 1 and started[0]["n_jobs"] == 2
-    assert sweep(tmp_path / "j", *grid, "hydra/launcher=joblib", "hydra.launcher.n_jobs=2") == 0
-    assert sweep(tmp_path / "b", *grid, "hydra/launcher=basic") == 0
-    assert len(started) == 1
-    settings = _core.joblib_settings({"_target_": plugin.JOBLIB_TARGET, "n_jobs": 2})
-    assert settings["backend"] == "loky" and "_target_" not in settings

@@ -8,11 +8,9 @@ Hydra's plugin scan imports every module of ``hydra_plugins`` whose name does no
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import os
 import sys
-import threading
 import time
 import uuid
 from collections.abc import Sequence
@@ -232,54 +230,6 @@ def uncompleted_line(exc: BaseException) -> str:
         f"a launcher task ended without finishing ({first}); the cells it had not finished "
         "are not complete: run the same command again to resume"
     )
-
-
-def joblib_settings(launcher: dict) -> dict:
-    """``joblib.Parallel``'s arguments for ``hydra.launcher`` settings of Hydra's joblib
-    launcher, made as that launcher makes them (loky: the threading backend cannot run jobs)."""
-    from hydra_plugins.hydra_joblib_launcher._core import process_joblib_cfg
-
-    settings = {key: value for key, value in launcher.items() if key != "_target_"}
-    settings["backend"] = "loky"
-    process_joblib_cfg(settings)
-    return settings
-
-
-# Background starts of joblib's workers (warm_joblib_workers), joined before the launch.
-_WARMING: list[threading.Thread] = []
-
-
-def warm_joblib_workers(launcher: dict) -> None:
-    """Start joblib's worker processes now, in a background thread, each importing what a
-    job imports (torch, pandas, Hydra and gradbench's config), so that they are ready when
-    the sweep launches, the CLI's check of every cell having run meanwhile: loky's
-    reusable executor is the one the launch's ``Parallel`` with the same settings takes."""
-    from joblib import Parallel, delayed
-
-    settings = joblib_settings(launcher)
-    workers = cpu_workers(settings.get("n_jobs"))
-
-    def warm() -> None:
-        # On any failure the launch starts the workers itself, and reports what fails.
-        with contextlib.suppress(Exception):
-            Parallel(**settings)(delayed(import_job_modules)() for _ in range(workers))
-
-    thread = threading.Thread(target=warm, name="gradbench-warm-workers", daemon=True)
-    thread.start()
-    _WARMING.append(thread)
-
-
-def wait_for_warm_workers() -> None:
-    while _WARMING:
-        _WARMING.pop().join()
-
-
-def import_job_modules() -> int:
-    """What a worker imports to run a cell; its process id."""
-    import benchmarks.config  # noqa: F401  torch, Hydra, the estimators and objectives
-    import benchmarks.storage  # noqa: F401  pandas and pyarrow
-
-    return os.getpid()
 
 
 def cpu_workers(n_jobs: int | None) -> int:

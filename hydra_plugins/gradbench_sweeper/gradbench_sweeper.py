@@ -93,13 +93,15 @@ class BatchedJoblibLauncher(JoblibLauncher):
     def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int):
         from hydra.core.singleton import Singleton
         from hydra.core.utils import configure_log, setup_globals
+        from hydra_plugins.hydra_joblib_launcher._core import process_joblib_cfg
         from joblib import Parallel, delayed
 
         setup_globals()
         configure_log(self.config.hydra.hydra_logging, self.config.hydra.verbose)
         Path(str(self.config.hydra.sweep.dir)).mkdir(parents=True, exist_ok=True)
-        joblib_cfg = _core.joblib_settings(dict(self.joblib))
-        _core.wait_for_warm_workers()  # the CLI's early start of the same workers
+        joblib_cfg = dict(self.joblib)
+        joblib_cfg["backend"] = "loky"  # as Hydra's: the threading backend cannot run jobs
+        process_joblib_cfg(joblib_cfg)
         indexed = [(initial_job_idx + i, list(o)) for i, o in enumerate(job_overrides)]
         workers = _core.cpu_workers(joblib_cfg.get("n_jobs"))
         batches = _core.chunks(indexed, workers * BATCHES_PER_WORKER)
