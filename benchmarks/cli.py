@@ -16,7 +16,8 @@ import os
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import argparse  # noqa: E402
-import sys
+import gc  # noqa: E402
+import sys  # noqa: E402
 import time  # noqa: E402
 from collections.abc import Sequence  # noqa: E402
 from pathlib import Path  # noqa: E402
@@ -60,6 +61,11 @@ def cmd_run(args: Sequence[str]) -> int:
         return 1 if summarise(folder, time.time()) else 0
 
     from benchmarks.precheck import check_run, forget_plan, normalise_overrides
+
+    if _whole_process:
+        # torch, pandas and Hydra are loaded, and live as long as the process: the
+        # collector's full passes during the run need not walk them again.
+        gc.freeze()
 
     overrides = normalise_overrides(overrides)
     plan = None
@@ -204,5 +210,28 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
 
 
+# Whether this command is the whole process (the console script), not a call of ``main``
+# inside a longer one (a test session), where frozen objects would never be freed.
+_whole_process = False
+
+
+def command() -> int:
+    """The ``gradbench`` console script: ``main`` on the command line, then a quick exit.
+
+    The collector is frozen (``gc.freeze``) once ``run`` has imported torch and the rest,
+    and again on the way out: its passes, during the run and at the interpreter's exit,
+    otherwise walk every object that torch, pandas and Hydra made. Nothing of gradbench's
+    waits for the collector at exit (records are written, closed and renamed into place
+    before a command returns, and ``atexit`` handlers still run).
+    """
+    global _whole_process
+    _whole_process = True
+    try:
+        return main()
+    finally:
+        _whole_process = False
+        gc.freeze()
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(command())

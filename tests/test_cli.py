@@ -242,3 +242,29 @@ def test_report_and_compare_do_not_load_torch_or_hydra():
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert out.stdout.strip() == "[]", out.stderr
+
+
+def test_the_console_script_runs_main_and_freezes_the_collector_for_a_quick_exit(monkeypatch):
+    """``gradbench`` (pyproject's entry point) is ``command``: ``main``'s exit code, with the
+    objects frozen so that the interpreter's collections at exit skip them, also when
+    ``main`` raises; only inside it does ``run`` freeze what it imported."""
+    import gc
+    from pathlib import Path
+
+    from benchmarks import cli
+
+    pyproject = (Path(__file__).parents[1] / "pyproject.toml").read_text()
+    assert '\n[project.scripts]\ngradbench = "benchmarks.cli:command"\n' in pyproject
+    seen = []
+    monkeypatch.setattr(cli, "main", lambda: seen.append(cli._whole_process) or 3)
+    try:
+        assert gc.get_freeze_count() == 0
+        assert cli.command() == 3 and gc.get_freeze_count() > 0
+        assert seen == [True] and cli._whole_process is False  # a test session's main: no
+        gc.unfreeze()
+        monkeypatch.setattr(cli, "main", lambda: 1 / 0)
+        with pytest.raises(ZeroDivisionError):
+            cli.command()
+        assert gc.get_freeze_count() > 0
+    finally:
+        gc.unfreeze()
