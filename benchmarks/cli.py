@@ -62,10 +62,7 @@ def cmd_run(args: Sequence[str]) -> int:
 
     from benchmarks.precheck import check_run, forget_plan, normalise_overrides
 
-    if _whole_process:
-        # torch, pandas and Hydra are loaded, and live as long as the process: the
-        # collector's full passes during the run need not walk them again.
-        gc.freeze()
+    freeze_what_is_loaded()
 
     overrides = normalise_overrides(overrides)
     plan = None
@@ -158,7 +155,16 @@ def cmd_compare(args: Sequence[str]) -> int:
 def cmd_report(args: Sequence[str]) -> int:
     from benchmarks.report import main as report_main
 
+    freeze_what_is_loaded()
     return report_main(args)
+
+
+def freeze_what_is_loaded() -> None:
+    """In the console script, freeze the collector once a command's heavy imports (torch,
+    pandas, matplotlib, Hydra) are loaded: they live as long as the process, and the
+    collector's full passes need not walk them again."""
+    if _whole_process:
+        gc.freeze()
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -218,11 +224,12 @@ _whole_process = False
 def command() -> int:
     """The ``gradbench`` console script: ``main`` on the command line, then a quick exit.
 
-    The collector is frozen (``gc.freeze``) once ``run`` has imported torch and the rest,
-    and again on the way out: its passes, during the run and at the interpreter's exit,
-    otherwise walk every object that torch, pandas and Hydra made. Nothing of gradbench's
-    waits for the collector at exit (records are written, closed and renamed into place
-    before a command returns, and ``atexit`` handlers still run).
+    The collector is frozen (``gc.freeze``) once ``run`` or ``report`` has made its heavy
+    imports (``freeze_what_is_loaded``), and again on the way out: its passes, during the
+    command and at the interpreter's exit, otherwise walk every object that torch, pandas,
+    matplotlib and Hydra made. Nothing of gradbench's waits for the collector at exit
+    (records are written, closed and renamed into place before a command returns, and
+    ``atexit`` handlers still run).
     """
     global _whole_process
     _whole_process = True
