@@ -85,18 +85,17 @@ def cmd_run(args: Sequence[str]) -> int:
     if plan is not None and plan.multirun:
         if plan.interrupted:
             print(f"gradbench: {plan.interrupted}", file=sys.stderr)
-            summarise(plan.output_dir, started)
-            return 1
         failed = summarise(plan.output_dir, started)
-        remember_sweep(args, flags, plan)
-        return 1 if failed else 0
+        if not plan.interrupted:
+            remember_sweep(args, plan)
+        return 1 if failed or plan.interrupted else 0
     return 0
 
 
-def remember_sweep(args: Sequence[str], flags: dict[str, str], plan) -> None:
+def remember_sweep(args: Sequence[str], plan) -> None:
     """Note a sweep whose every cell the pre-check composed (``benchmarks.finished``), so
     that running the same command again once every cell is complete is only its summary."""
-    from benchmarks.finished import config_dir_of, remember
+    from benchmarks.finished import remember
 
     if not (plan.cell_folders and plan.resume and len(plan.hashes) == plan.cells):
         return
@@ -106,7 +105,7 @@ def remember_sweep(args: Sequence[str], flags: dict[str, str], plan) -> None:
         if folder is None:
             return
         cells[str(folder.relative_to(plan.output_dir))] = fingerprint
-    remember(args, config_dir_of(flags), plan.output_dir, cells)
+    remember(args, plan.inputs, plan.output_dir, cells)
 
 
 def cmd_list(args: argparse.Namespace) -> int:

@@ -89,16 +89,16 @@ def inputs_digest(config_dir: str | None) -> str:
     return digest.hexdigest()
 
 
-def remember(
-    args: Sequence[str], config_dir: str | None, sweep_dir: Path, cells: dict[str, str]
-) -> None:
+def remember(args: Sequence[str], inputs: str, sweep_dir: Path, cells: dict[str, str]) -> None:
     """Note that the sweep of ``args`` into ``sweep_dir`` has ``cells`` (folder relative to
-    ``sweep_dir`` -> fingerprint), for ``finished``. Never fails the command."""
+    ``sweep_dir`` -> fingerprint), composed from configs whose ``inputs_digest`` is
+    ``inputs`` (the one taken when they were composed: a file edited during the sweep then
+    makes the note not hold), for ``finished``. Never fails the command."""
     from benchmarks.storage import write_atomic
 
     note = {
         "args": list(args),
-        "inputs": inputs_digest(config_dir),
+        "inputs": inputs,
         "sweep_dir": str(sweep_dir),  # as the command named it (the note is per folder)
         "cells": cells,
     }

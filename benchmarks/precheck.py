@@ -299,6 +299,8 @@ class Plan:
     exclude_keys: list[str] = field(default_factory=list)
     cell_folders: bool = False
     resume: bool = True  # the composed ``resume`` setting
+    # ``benchmarks.finished.inputs_digest`` of the configs the check composed the cells from.
+    inputs: str = ""
     # Set by the sweeper where a launcher's task ended without finishing (a Slurm task
     # cancelled or killed): one line saying so; the CLI prints it with the summary.
     interrupted: str | None = None
@@ -383,7 +385,8 @@ def check_run(overrides: list[str], flags: dict[str, str], multirun: bool = Fals
                     remote = runs_elsewhere(first.hydra, multirun)
                     plan = _plan(first, overrides, config_name, config_dir, multirun, cells)
                     plan.resume = bool(first.resume) and "resume" not in axes
-                    inputs = inputs_fingerprint(overrides, config_name, config_dir)
+                    plan.inputs = inputs_digest(config_dir)
+                    inputs = inputs_fingerprint(overrides, config_name, plan.inputs)
                     known = known_complete(plan, first, inputs, "resume" in axes)
                     if plan.multirun and config_dir is None:
                         lines = launcher_hydra_lines(overrides, plan, first, multirun)
@@ -407,10 +410,10 @@ def check_run(overrides: list[str], flags: dict[str, str], multirun: bool = Fals
     return plan
 
 
-def inputs_fingerprint(overrides: list[str], config_name: str, config_dir: str | None) -> str:
-    """A fingerprint of what a sweep's cells are composed from: the command's overrides,
-    every config file of the search path, the installed estimator entry points, and the
-    versions of gradbench, Hydra and OmegaConf (``benchmarks.finished.inputs_digest``)."""
+def inputs_fingerprint(overrides: list[str], config_name: str, digest: str) -> str:
+    """A fingerprint of what a sweep's cells are composed from: the command's overrides and
+    ``digest`` of every config file of the search path, the installed estimator entry points,
+    and the versions of gradbench, Hydra and OmegaConf (``benchmarks.finished.inputs_digest``)."""
     # How cells run (the launcher, threads) changes neither what is composed for a cell nor
     # its fingerprint; where configs are found (hydra.searchpath) does.
     parsed = OverridesParser.create().parse_overrides(overrides)
@@ -420,7 +423,7 @@ def inputs_fingerprint(overrides: list[str], config_name: str, config_dir: str |
         if o.get_key_element() == "hydra.searchpath"
         or not (o.key_or_group.startswith("hydra") or o.key_or_group in RESULT_NEUTRAL_KEYS)
     ]
-    parts.append(inputs_digest(config_dir))
+    parts.append(digest)
     return hashlib.sha1("\n".join(parts).encode()).hexdigest()
 
 

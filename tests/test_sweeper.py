@@ -408,3 +408,30 @@ def test_the_composition_caches_read_an_edited_file_again(tmp_path):
     assert (first.seed, first.estimator.baseline.decay) == (0, 0.9)
     assert (second.seed, second.estimator.baseline.decay) == (7, 0.5)
     assert OmegaConf.to_yaml(second) == OmegaConf.to_yaml(own)
+
+
+def test_a_config_edited_during_a_sweep_leaves_no_note_that_it_finished(tmp_path, monkeypatch):
+    """The note of a finished sweep carries the digest of the configs its cells were checked
+    and composed from: a config file written after the check (during the sweep) makes the
+    same command take the ordinary path. Run again unchanged, the sweep is noted."""
+    from benchmarks import finished
+
+    monkeypatch.chdir(tmp_path)
+    conf = tmp_path / "conf"
+    preset(conf, "mine", "replicates: 100\n", {"n_samples": "1,3"})
+    args = ["-m", "sweep=mine", "--config-dir", str(conf), "estimator=reinforce",
+            "objective=categorical_linear", *FAST]  # fmt: skip
+    real = precheck.check_run
+
+    def check_then_edit(*a, **k):
+        plan = real(*a, **k)
+        (conf / "sweep" / "other.yaml").write_text("# @package _global_\nseed: 3\n")
+        return plan
+
+    with monkeypatch.context() as editing:
+        editing.setattr(precheck, "check_run", check_then_edit)
+        assert main(["run", *args]) == 0
+    assert finished.finished(args, str(conf)) is None
+    assert main(["run", *args]) == 0  # every cell kept; the configs now as checked
+    noted = finished.finished(args, str(conf))
+    assert noted is not None and noted[1] == 2
