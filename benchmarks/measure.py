@@ -71,8 +71,8 @@ def synchronize(device: torch.device) -> None:
 
 def benchmark_clock() -> float:
     """``time.perf_counter`` once the accelerator's queued work is done, as
-    ``torch.utils.benchmark``'s clock reads it (importing that module costs a third of a
-    second: it imports setuptools)."""
+    ``torch.utils.benchmark``'s clock reads it (that module is not imported: it imports
+    setuptools)."""
     if torch.accelerator.is_available():
         torch.accelerator.synchronize()
     return time.perf_counter()

@@ -308,9 +308,9 @@ def run_job(task_function: Any, config: DictConfig, hydra_context: Any) -> JobRe
     ``runtime.output_dir``), the task gets the config without it, the job's logging, working
     directory, environment and callbacks are set as Hydra sets them, and ``.hydra/`` holds the
     same three files. Hydra copies the whole config with its large Hydra node four times for
-    this, and writes the files with the pure-Python YAML emitter; here
-    ``config`` is the cell's own (``load_sweep_config`` made it), so ``HydraConfig`` takes
-    it as it is, read-only, and only the task's part is copied (``without_hydra``).
+    this, and writes the files with the pure-Python YAML emitter; here ``config`` is the
+    cell's own (``load_sweep_config`` made it), so ``HydraConfig`` takes it as it is,
+    read-only, and only the task's part is copied (``without_hydra``).
     """
     callbacks = hydra_context.callbacks
     old_cwd = os.getcwd()
@@ -330,7 +330,7 @@ def run_job(task_function: Any, config: DictConfig, hydra_context: Any) -> JobRe
         task_cfg = without_hydra(config)
         ret.cfg = task_cfg
         ret.hydra_cfg = config  # its ``hydra`` node is Hydra's ``hydra_cfg.hydra``
-        ret.overrides = OmegaConf.to_container(config.hydra.overrides.task)
+        ret.overrides = plain(config.hydra.overrides.task)
         Path(output_dir).mkdir(parents=True, exist_ok=True)
         chdir = bool(config.hydra.job.chdir)  # None: version_base 1.2 and later do not
         if chdir:
@@ -345,7 +345,7 @@ def run_job(task_function: Any, config: DictConfig, hydra_context: Any) -> JobRe
             files = {
                 "config.yaml": plain(task_cfg),
                 "hydra.yaml": {"hydra": plain(config.hydra)},
-                "overrides.yaml": plain(config.hydra.overrides.task),
+                "overrides.yaml": ret.overrides,
             }
             for name, node in files.items():
                 (folder / name).write_text(to_yaml(node), encoding="utf-8")

@@ -262,8 +262,7 @@ class GradbenchSweeper(BasicSweeper):
             return []
         size = self.max_batch_size
         if size is None:
-            in_process = "basic_launcher" in str(self.config.hydra.launcher.get("_target_"))
-            size = 1 if in_process else len(todo)
+            size = 1 if isinstance(self.launcher, InProcessLauncher) else len(todo)
         return [todo[i : i + size] for i in range(0, len(todo), size)]
 
     def _complete(self, cell: Sequence[str], planned: str | None) -> bool:
