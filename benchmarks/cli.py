@@ -67,7 +67,7 @@ def cmd_run(args: Sequence[str]) -> int:
     overrides = normalise_overrides(overrides)
     plan = None
     if not info:
-        plan = check_run(overrides, flags, multirun)
+        plan = check_run(overrides, flags, multirun, workers=True)
         overrides = [*overrides, *plan.added]
         if plan.multirun:
             print(f"gradbench: {plan.cells} cells into {plan.output_dir}", file=sys.stderr)
@@ -82,6 +82,8 @@ def cmd_run(args: Sequence[str]) -> int:
         run.main()
     finally:
         forget_plan()
+        if plan is not None and plan.workers:  # where the sweeper did not end them
+            plan.workers.stop()
     if plan is not None and plan.multirun:
         if plan.interrupted:
             print(f"gradbench: {plan.interrupted}", file=sys.stderr)

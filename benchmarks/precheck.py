@@ -28,6 +28,7 @@ import shutil
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 import torch
@@ -306,6 +307,8 @@ class Plan:
     interrupted: str | None = None
     # The pre-check's compositions, for the launcher (None where they cannot be shared).
     shared: SharedCompositions | None = None
+    # joblib's workers, started at the first cell to run (``hydra/launcher=joblib``).
+    workers: Any = None
 
     def cell_folder(self, key: tuple[str, ...]) -> Path | None:
         """The folder of the cell ``key`` (a ``cell_key``), as its job will name it."""
@@ -322,6 +325,7 @@ class Plan:
 # of what they were composed from: a run of the same command from the same configs finds
 # its complete cells without composing them again.
 PLAN_FILE = ".gradbench-plan.json"
+JOBLIB_TARGET = "hydra_plugins.hydra_joblib_launcher.joblib_launcher.JoblibLauncher"
 # gradbench's own cell folder setting (conf/config.yaml).
 CELL_SUBDIR = "${gradbench.cell_dir:${hydra.job.override_dirname}}"
 
@@ -361,18 +365,22 @@ def forget_plan() -> None:
     _planned.clear()
 
 
-def check_run(overrides: list[str], flags: dict[str, str], multirun: bool = False) -> Plan:
+def check_run(
+    overrides: list[str], flags: dict[str, str], multirun: bool = False, workers: bool = False
+) -> Plan:
     """Compose and build every cell; raise ``UsageError`` on the first bad one.
 
     A cell of a sweep run before from the same configs (``PLAN_FILE``) whose records are
     complete is not composed again: it will not run. Also checks what Hydra would
     otherwise report with a traceback: a sweep without ``-m``, a results folder that
-    cannot be written, Slurm's launcher without Slurm.
+    cannot be written, Slurm's launcher without Slurm. ``workers``: start joblib's workers
+    at the first cell that will run, for the caller to run the sweep on (``Plan.workers``).
     """
     config_name = flags.get("--config-name") or flags.get("-cn") or "config"
     config_dir = config_dir_of(flags)
     overrides = [*overrides, *config_dir_override(config_dir)]
     forget_plan()
+    plan = None
     with hydra_context():
         try:
             fixed, axes = sweep_axes(overrides, config_name)
@@ -396,12 +404,18 @@ def check_run(overrides: list[str], flags: dict[str, str], multirun: bool = Fals
                     hashes[key] = known[key]
                     plan.kept.add(key)
                     continue
+                if workers and plan.workers is None:
+                    plan.workers = started_workers(first.hydra, plan)
                 cfg = compose_cached(config_name, cell, cache, plan.shared)
                 check_cell(cfg, remote)
                 hashes[key] = config_hash(cfg)
-        except CONFIG_ERRORS as exc:
-            raise UsageError(one_line(exc)) from exc
-    check_writable(plan.output_dir)
+            check_writable(plan.output_dir)
+        except BaseException as exc:
+            if plan is not None and plan.workers:
+                plan.workers.stop()
+            if isinstance(exc, CONFIG_ERRORS):
+                raise UsageError(one_line(exc)) from exc
+            raise
     if plan.multirun:
         plan.hashes = hashes
         _planned["sweep"] = plan
@@ -527,6 +541,18 @@ def check_writable(folder: Path) -> None:
         raise UsageError(f"cannot write results to {folder}: {existing} is not a folder")
     if not os.access(existing, os.W_OK | os.X_OK):
         raise UsageError(f"cannot write results to {folder}: {existing} is not writable")
+
+
+def started_workers(hydra_cfg: DictConfig, plan: Plan):
+    """joblib's workers started now, for a sweep under ``hydra/launcher=joblib``, so that
+    their imports overlap the rest of the check (``False`` for any other run); whoever runs
+    the sweep ends them (``StartedWorkers.stop``)."""
+    target = str(hydra_cfg.launcher._target_)
+    if not plan.multirun or target != JOBLIB_TARGET:
+        return False
+    from hydra_plugins.gradbench_sweeper._core import StartedWorkers
+
+    return StartedWorkers(hydra_cfg.launcher, ["benchmarks.run"])
 
 
 def runs_elsewhere(hydra_cfg: DictConfig, multirun: bool) -> bool:

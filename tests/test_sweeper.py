@@ -9,6 +9,7 @@ is one line on a terminal and nothing per cell in a log.
 from __future__ import annotations
 
 import io
+import os
 import shutil
 import sys
 
@@ -435,3 +436,101 @@ def test_a_config_edited_during_a_sweep_leaves_no_note_that_it_finished(tmp_path
     assert main(["run", *args]) == 0  # every cell kept; the configs now as checked
     noted = finished.finished(args, str(conf))
     assert noted is not None and noted[1] == 2
+
+
+def test_a_worker_takes_the_pre_checks_composition_only_where_it_would_compose_the_same(
+    tmp_path, monkeypatch
+):
+    """The config loader travels to joblib's workers with the pre-check's compositions; a
+    worker takes one where its working directory and ``hydra.job.env_copy`` variables are
+    those it was composed with, and composes its own where they differ."""
+    import cloudpickle  # what joblib sends a task with
+    from hydra._internal.config_loader_impl import ConfigLoaderImpl
+
+    monkeypatch.setenv("GRADBENCH_TEST_COPY", "one")
+    hydra_lines = ["hydra.mode=MULTIRUN", "hydra.job.env_copy=[GRADBENCH_TEST_COPY]"]
+    lines = ["estimator=reinforce", "objective=gaussian_quadratic"]
+    with hydra_context():
+        shared = precheck.SharedCompositions("config", hydra_lines)
+        shared(lines)
+        loader = _core.CachingConfigLoader(GlobalHydra.instance().config_loader(), shared)
+        worker = cloudpickle.loads(cloudpickle.dumps(loader))
+        assert list(worker.shared.full) == [tuple(lines)]
+        calls = []
+        real = ConfigLoaderImpl.load_configuration
+        monkeypatch.setattr(
+            ConfigLoaderImpl, "load_configuration", lambda *a, **k: calls.append(1) or real(*a, **k)
+        )
+        structural = _core.parse([*hydra_lines, *lines])
+        taken = worker._composed("config", hydra_lines, structural)
+        assert taken is worker.shared.full[tuple(lines)] and calls == []
+        monkeypatch.setenv("GRADBENCH_TEST_COPY", "two")  # the variable differs here
+        assert worker._composed("config", hydra_lines, structural).hydra.job.env_set == {
+            "GRADBENCH_TEST_COPY": "two"
+        }
+        monkeypatch.setenv("GRADBENCH_TEST_COPY", "one")
+        monkeypatch.chdir(tmp_path)  # another working directory
+        assert worker._composed("config", hydra_lines, structural).hydra.runtime.cwd == str(
+            tmp_path
+        )
+        assert len(calls) == 2
+        assert _core.made_here(taken) is False
+
+
+def executor_ended(executor, seconds: float = 60) -> bool:
+    """Whether every worker of a loky executor has exited within ``seconds`` (a bound on a
+    process exit, not a timing)."""
+    import time
+
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if not any(p.is_alive() for p in list(executor._processes.values())):
+            return True
+        time.sleep(0.05)
+    return False
+
+
+def test_started_workers_are_the_ones_the_launcher_uses_with_their_collector_frozen():
+    """The workers the check starts (``StartedWorkers``) are those a ``Parallel`` with the
+    launcher's settings then runs on (joblib reuses its executor), each with its imports
+    made and its collector frozen; ``stop_workers`` ends them."""
+    import gc
+
+    from joblib import Parallel, delayed
+    from joblib.externals.loky import reusable_executor
+
+    with hydra_context():
+        cfg = precheck.compose("config", ["hydra/launcher=joblib"], return_hydra_config=True)
+    launcher = cfg.hydra.launcher
+    started = _core.StartedWorkers(launcher, ["benchmarks.run"])
+    pids = started.wait()
+    assert len(pids) == _core.cpu_workers(launcher.n_jobs)
+    ran = Parallel(**_core.joblib_settings(launcher))(
+        delayed(lambda: (os.getpid(), gc.get_freeze_count()))() for _ in range(4)
+    )
+    assert {pid for pid, _ in ran} <= pids
+    assert all(frozen > 0 for _, frozen in ran)
+    executor = reusable_executor._executor
+    _core.stop_workers()
+    assert executor_ended(executor)
+
+
+def test_a_joblib_sweep_refused_by_the_check_ends_its_started_workers(tmp_path, capsys):
+    """The check starts joblib's workers at the first cell; a later cell it refuses ends
+    them at once, and the refusal is the one line it always is."""
+    from joblib.externals.loky import reusable_executor
+
+    code = sweep(tmp_path, "hydra/launcher=joblib", "n_samples=10,0")
+    assert code == 2
+    refusal = "gradbench: error: n_samples must be at least 1, got 0"
+    assert capsys.readouterr().err.strip() == refusal
+    assert reusable_executor._executor is not None  # they had been started
+    assert executor_ended(reusable_executor._executor)
+
+
+def test_a_joblib_sweep_ends_its_workers_when_it_ends(tmp_path):
+    from joblib.externals.loky import reusable_executor
+
+    assert sweep(tmp_path, "hydra/launcher=joblib", "estimator=reinforce,reparam") == 0
+    assert len(list(tmp_path.glob(f"*/{RECORDS}"))) == 2
+    assert executor_ended(reusable_executor._executor)

@@ -88,7 +88,10 @@ class InProcessLauncher(BasicLauncher):
 
 
 class BatchedJoblibLauncher(JoblibLauncher):
-    """Hydra's joblib launcher, sending each worker a batch of cells in one task."""
+    """Hydra's joblib launcher, sending each worker a batch of cells in one task; the
+    workers the CLI's check started (``_core.StartedWorkers``) are waited for and reused."""
+
+    started = None
 
     def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int):
         from hydra.core.singleton import Singleton
@@ -102,6 +105,8 @@ class BatchedJoblibLauncher(JoblibLauncher):
         joblib_cfg = dict(self.joblib)
         joblib_cfg["backend"] = "loky"  # as Hydra's: the threading backend cannot run jobs
         process_joblib_cfg(joblib_cfg)
+        if self.started:
+            self.started.wait()
         indexed = [(initial_job_idx + i, list(o)) for i, o in enumerate(job_overrides)]
         workers = _core.cpu_workers(joblib_cfg.get("n_jobs"))
         batches = _core.chunks(indexed, workers * BATCHES_PER_WORKER)
@@ -160,6 +165,7 @@ def execute_cells(batch, hydra_context, config, task_function, singleton_state) 
 
     setup_globals()
     Singleton.set_state(singleton_state)
+    _core.freeze_worker()
     name = config.hydra.job.name
     return [
         _core.launch_cell(hydra_context, config, task_function, overrides, idx, f"{name}_{idx}")
@@ -195,6 +201,7 @@ class GradbenchSweeper(BasicSweeper):
             self.launcher = InProcessLauncher(**params)
         elif target == JOBLIB_TARGET:
             self.launcher = BatchedJoblibLauncher(**params)
+            self.launcher.started = plan.workers if plan is not None else None
         elif target.rsplit(".", 1)[-1] in BATCHED_SUBMITIT and self.cells_per_task > 1:
             self.launcher = BATCHED_SUBMITIT[target.rsplit(".", 1)[-1]](**params)
             self.launcher.cells_per_task = self.cells_per_task
@@ -251,6 +258,10 @@ class GradbenchSweeper(BasicSweeper):
             for log, level in zip(quiet, levels, strict=True):
                 log.setLevel(level)
             progress.close()
+            if isinstance(self.launcher, BatchedJoblibLauncher):
+                if self.launcher.started:
+                    self.launcher.started.stop()
+                _core.stop_workers()  # idle ones would keep the command waiting at its exit
         self.overrides = [cells]
         self.batch_index = 1
         return returns
