@@ -411,6 +411,30 @@ def test_the_composition_caches_read_an_edited_file_again(tmp_path):
     assert OmegaConf.to_yaml(second) == OmegaConf.to_yaml(own)
 
 
+def test_compositions_leave_the_cached_files_as_parsed():
+    """The file cache hands out its parsed configs without a copy for building the defaults
+    tree; the merge copies them first. After compositions of several combinations, each
+    then changed, every cached file's config is still what its bytes parse to."""
+    with hydra_context():
+        loader = GlobalHydra.instance().config_loader()
+        for estimator in ["reinforce", "reinforce_ema", "reparam"]:
+            cfg = loader.load_configuration(
+                "config",
+                [f"estimator={estimator}", "objective=gaussian_quadratic", "sweep=toy_scale"],
+                run_mode=RunMode.RUN,
+            )
+            cfg.seed, cfg.replicates, cfg.hydra.job.name = 99, 99, "changed"
+            for node in (cfg.objective, cfg.estimator, cfg.task, cfg.hydra.sweeper.params):
+                for key in list(node.keys()):
+                    node[key] = 0
+    cached = {key: result for key, result in _compose._LOADS.items() if key[0] != "structured"}
+    assert len(cached) > 10
+    for (path, text), result in cached.items():
+        parsed = OmegaConf.to_container(OmegaConf.create(text.decode()))
+        parsed.pop("defaults", None)  # Hydra's loader keeps it as the result's defaults list
+        assert OmegaConf.to_container(result.config) == parsed, path
+
+
 def test_a_config_edited_during_a_sweep_leaves_no_note_that_it_finished(tmp_path, monkeypatch):
     """The note of a finished sweep carries the digest of the configs its cells were checked
     and composed from: a config file written after the check (during the sweep) makes the

@@ -6,8 +6,9 @@ configs and the primary config in the same order before it reaches the groups th
 ``install`` puts two caches on Hydra's classes, for this process:
 
 - ``ConfigRepository.load_config`` keeps each file's parsed result, keyed by the file's path
-  and bytes, and hands out a copy (Hydra's merge takes nodes from it, and
-  its loader replaces a result's config with the schema-merged one);
+  and bytes, and hands out a result sharing its config, which building the defaults tree
+  only reads; ``ConfigLoaderImpl._load_single_config`` copies that config before Hydra's
+  merge takes nodes from it (or replaces it with the schema-merged one);
 - ``ConfigLoaderImpl._compose_config_from_defaults_list`` keeps the config merged up to and
   including the primary config, keyed by what each of those defaults is and by its file's
   key (or, for a config the ConfigStore holds, the stored node), and merges the rest of the
@@ -38,6 +39,8 @@ from omegaconf import DictConfig, OmegaConf, flag_override
 _LOADS: dict[tuple, Any] = {}
 _PREFIXES: dict[tuple, DictConfig] = {}
 _ORIGINAL: dict[str, Any] = {}
+# The attribute that marks a loaded result whose config is the cache's own.
+_SHARED = "_gradbench_shares_cached_config"
 
 
 class _Stored:
@@ -89,13 +92,50 @@ def _find(repo: Any, config_path: str) -> ConfigSource | None:
 
 
 def load_config(self: ConfigRepository, config_path: str):
-    """``ConfigRepository.load_config``, each file parsed once (a copy handed out)."""
+    """``ConfigRepository.load_config``, each file parsed once.
+
+    The result handed out shares the parsed config and defaults list with the cache
+    (``_SHARED`` marks it): building the defaults tree only reads the config and copies the
+    list before use, and a file before the primary config is never merged again
+    (``compose_from_defaults``). The merge copies the config first (``load_single_config``).
+    """
     key = source_key(_find(self, config_path), config_path)
     if key is None or key[0] == "structured":  # the ConfigStore hands out copies itself
         return _ORIGINAL["load_config"](self, config_path)
     if key not in _LOADS:
         _LOADS[key] = _ORIGINAL["load_config"](self, config_path)
-    return copy.deepcopy(_LOADS[key])
+    cached = _LOADS[key]
+    result = copy.copy(cached)
+    result.header = dict(cached.header)
+    setattr(result, _SHARED, True)
+    return result
+
+
+class _Private:
+    """A config repository that hands out one result of its own for one path."""
+
+    def __init__(self, repo: Any, config_path: str, result: Any) -> None:
+        self.repo, self.config_path, self.result = repo, config_path, result
+
+    def load_config(self, config_path: str):
+        if config_path == self.config_path:
+            return self.result
+        return self.repo.load_config(config_path=config_path)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.repo, name)
+
+
+def load_single_config(self: ConfigLoaderImpl, default: Any, repo: Any):
+    """``ConfigLoaderImpl._load_single_config`` on a config of its own: Hydra's merge takes
+    nodes from it and may replace it with its schema-merged one, so a result that shares
+    its config with the cache gets a copy first."""
+    loaded = repo.load_config(config_path=default.config_path)
+    if getattr(loaded, _SHARED, False):
+        loaded.config = copy.deepcopy(loaded.config)
+        setattr(loaded, _SHARED, False)
+        repo = _Private(repo, default.config_path, loaded)
+    return _ORIGINAL["single"](self, default, repo)
 
 
 def compose_from_defaults(self: ConfigLoaderImpl, defaults: list, repo: Any) -> DictConfig:
@@ -160,8 +200,10 @@ def install() -> None:
         return
     _ORIGINAL["load_config"] = ConfigRepository.load_config
     _ORIGINAL["compose"] = ConfigLoaderImpl._compose_config_from_defaults_list
+    _ORIGINAL["single"] = ConfigLoaderImpl._load_single_config
     ConfigRepository.load_config = load_config
     ConfigLoaderImpl._compose_config_from_defaults_list = compose_from_defaults
+    ConfigLoaderImpl._load_single_config = load_single_config
 
 
 @contextlib.contextmanager
@@ -171,6 +213,7 @@ def hydras_own() -> Iterator[None]:
     if installed:
         ConfigRepository.load_config = _ORIGINAL["load_config"]
         ConfigLoaderImpl._compose_config_from_defaults_list = _ORIGINAL["compose"]
+        ConfigLoaderImpl._load_single_config = _ORIGINAL["single"]
         _ORIGINAL.clear()
     try:
         yield
