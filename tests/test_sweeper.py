@@ -72,6 +72,10 @@ def assert_cheap_equals_hydra(overrides: list[str], stride: int = 1) -> int:
             assert OmegaConf.select(fast.hydra, key) == OmegaConf.select(own.hydra, key), key
         assert OmegaConf.to_container(fast) == OmegaConf.to_container(own), cell
         assert OmegaConf.to_yaml(fast) == OmegaConf.to_yaml(own)
+        for node in ("", "hydra", "hydra.job", "estimator", "task"):
+            flags = [(OmegaConf.is_struct(c), OmegaConf.is_readonly(c))
+                     for c in (OmegaConf.select(fast, node), OmegaConf.select(own, node))]  # fmt: skip
+            assert flags[0] == flags[1], node
     return len(cells[::stride])
 
 
