@@ -73,8 +73,8 @@ def assert_cheap_equals_hydra(overrides: list[str], stride: int = 1) -> int:
         assert OmegaConf.to_container(fast) == OmegaConf.to_container(own), cell
         assert OmegaConf.to_yaml(fast) == OmegaConf.to_yaml(own)
         for node in ("", "hydra", "hydra.job", "estimator", "task"):
-            flags = [(OmegaConf.is_struct(c), OmegaConf.is_readonly(c))
-                     for c in (OmegaConf.select(fast, node), OmegaConf.select(own, node))]  # fmt: skip
+            pair = (OmegaConf.select(fast, node), OmegaConf.select(own, node))
+            flags = [(OmegaConf.is_struct(c), OmegaConf.is_readonly(c)) for c in pair]
             assert flags[0] == flags[1], node
     return len(cells[::stride])
 
@@ -469,9 +469,10 @@ def test_a_config_edited_during_a_sweep_leaves_no_note_that_it_finished(tmp_path
 def test_a_worker_takes_the_pre_checks_composition_only_where_it_would_compose_the_same(
     tmp_path, monkeypatch
 ):
-    """The config loader travels to joblib's workers with the pre-check's compositions; a
-    worker takes one where its working directory and ``hydra.job.env_copy`` variables are
-    those it was composed with, and composes its own where they differ."""
+    """The config loader travels to joblib's workers with the pre-check's compositions (to
+    submitit's tasks without them); a worker takes one where its working directory and
+    ``hydra.job.env_copy`` variables are those it was composed with, and composes its own
+    where they differ."""
     import cloudpickle  # what joblib sends a task with
     from hydra._internal.config_loader_impl import ConfigLoaderImpl
 
@@ -482,6 +483,8 @@ def test_a_worker_takes_the_pre_checks_composition_only_where_it_would_compose_t
         shared = precheck.SharedCompositions("config", hydra_lines)
         shared(lines)
         loader = _core.CachingConfigLoader(GlobalHydra.instance().config_loader(), shared)
+        assert cloudpickle.loads(cloudpickle.dumps(loader)).shared is None  # a submitit task
+        loader.to_workers = True  # as under hydra/launcher=joblib
         worker = cloudpickle.loads(cloudpickle.dumps(loader))
         assert list(worker.shared.full) == [tuple(lines)]
         calls = []

@@ -123,15 +123,21 @@ class CachingConfigLoader:
         self.loader = loader
         self.token = uuid.uuid4().hex
         # The pre-check's compositions (benchmarks.precheck.SharedCompositions), used where
-        # the sweep's Hydra overrides are those it composed with, here and in a launcher's
-        # workers (unpickling one costs a few milliseconds, composing it a tenth of a second)
-        # where they would compose the same (``made_here``).
+        # the sweep's Hydra overrides are those it composed with: here, and with
+        # ``to_workers`` in joblib's workers too (unpickling one costs a few milliseconds,
+        # composing it a tenth of a second), where they would compose the same
+        # (``made_here``). Submitit and Ray pickle the loader once per task, so there they
+        # stay here and each task composes its own.
         self.shared = shared
+        self.to_workers = False
 
     def __getattr__(self, name: str) -> Any:
         if name == "loader":  # during unpickling, before __dict__ is set
             raise AttributeError(name)
         return getattr(self.loader, name)
+
+    def __getstate__(self) -> dict:
+        return self.__dict__ if self.to_workers else {**self.__dict__, "shared": None}
 
     def _composed(self, config_name: str, hydra_lines: list, structural: list) -> DictConfig:
         shared = self.shared
@@ -252,12 +258,14 @@ def cpu_workers(n_jobs: int | None) -> int:
     return n if n > 0 else max(1, available_cpus() + 1 + n)
 
 
-def joblib_settings(launcher: DictConfig) -> dict:
-    """joblib's ``Parallel`` arguments for a ``hydra/launcher=joblib`` config, as Hydra's
-    joblib launcher makes them (the loky backend)."""
+def joblib_settings(launcher: Any) -> dict:
+    """joblib's ``Parallel`` arguments for a ``hydra/launcher=joblib`` config (or the
+    launcher's own arguments), as Hydra's joblib launcher makes them (the loky backend)."""
     from hydra_plugins.hydra_joblib_launcher._core import process_joblib_cfg
 
-    settings = OmegaConf.to_container(launcher, resolve=True)
+    if isinstance(launcher, DictConfig):
+        launcher = OmegaConf.to_container(launcher, resolve=True)
+    settings = dict(launcher)
     settings.pop("_target_", None)
     settings["backend"] = "loky"  # as Hydra's: the threading backend cannot run jobs
     process_joblib_cfg(settings)

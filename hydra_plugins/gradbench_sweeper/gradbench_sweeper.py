@@ -96,15 +96,12 @@ class BatchedJoblibLauncher(JoblibLauncher):
     def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int):
         from hydra.core.singleton import Singleton
         from hydra.core.utils import configure_log, setup_globals
-        from hydra_plugins.hydra_joblib_launcher._core import process_joblib_cfg
         from joblib import Parallel, delayed
 
         setup_globals()
         configure_log(self.config.hydra.hydra_logging, self.config.hydra.verbose)
         Path(str(self.config.hydra.sweep.dir)).mkdir(parents=True, exist_ok=True)
-        joblib_cfg = dict(self.joblib)
-        joblib_cfg["backend"] = "loky"  # as Hydra's: the threading backend cannot run jobs
-        process_joblib_cfg(joblib_cfg)
+        joblib_cfg = _core.joblib_settings(self.joblib)  # the started workers' settings
         if self.started:
             self.started.wait()
         indexed = [(initial_job_idx + i, list(o)) for i, o in enumerate(job_overrides)]
@@ -202,6 +199,7 @@ class GradbenchSweeper(BasicSweeper):
         elif target == JOBLIB_TARGET:
             self.launcher = BatchedJoblibLauncher(**params)
             self.launcher.started = plan.workers if plan is not None else None
+            loader.to_workers = True
         elif target.rsplit(".", 1)[-1] in BATCHED_SUBMITIT and self.cells_per_task > 1:
             self.launcher = BATCHED_SUBMITIT[target.rsplit(".", 1)[-1]](**params)
             self.launcher.cells_per_task = self.cells_per_task
