@@ -199,6 +199,32 @@ def test_progress_is_one_line_on_a_terminal_and_quiet_in_a_log(tmp_path, monkeyp
         assert "cells 4/4: 4 kept, 0 failed" in stream.getvalue()
 
 
+def test_under_joblib_progress_moves_as_each_batch_returns(tmp_path, monkeypatch, capsys):
+    """Two batches per worker: on a terminal the line is rewritten as each returns (in
+    whatever order), and ends with every cell; the records are each cell's, in order."""
+    stream = Terminal()
+    monkeypatch.setattr(sys, "stderr", stream)
+    grid = ["estimator=reinforce,reparam", "n_samples=1,3"]
+    assert sweep(tmp_path, "hydra/launcher=joblib", *grid) == 0
+    err = stream.getvalue()
+    batches = min(4, _core.cpu_workers(-1) * plugin.BATCHES_PER_WORKER)
+    assert err.count("\r") == batches and "cells 4/4: 0 kept, 0 failed" in err
+    assert "4 cells: 4 ok" in capsys.readouterr().out
+    for folder in tmp_path.glob(f"*/{RECORDS}"):
+        record = pd.read_parquet(folder)
+        assert f"estimator={record['estimator'][0]}" in folder.parent.name
+
+
+def test_failed_cells_are_those_whose_task_recorded_them_failed():
+    from hydra.core.utils import JobReturn, JobStatus
+
+    recorded, ok, raised = JobReturn(), JobReturn(), JobReturn()
+    recorded.return_value, ok.return_value = "failed", "ok"
+    recorded.status = ok.status = JobStatus.COMPLETED
+    raised.return_value, raised.status = RuntimeError("the task raised"), JobStatus.FAILED
+    assert _core.count_failed([recorded, ok, raised]) == 1
+
+
 def test_progress_counts_failed_cells_and_estimates_time_left():
     stream = Terminal()
     progress = _core.Progress(4, stream)

@@ -231,6 +231,12 @@ class Progress:
             self.stream.flush()
 
 
+def count_failed(returns: Sequence[JobReturn]) -> int:
+    """Cells of ``returns`` whose task recorded them as failed (it returns ``"failed"``);
+    a task that raised is Hydra's failure, raised by the sweeper, not counted here."""
+    return sum(r.status == JobStatus.COMPLETED and r._return_value == "failed" for r in returns)
+
+
 def is_uncompleted(exc: BaseException) -> bool:
     """Whether a launch failed because a submitit task ended without finishing (cancelled,
     killed, out of time): the cells it had not finished are simply not complete."""

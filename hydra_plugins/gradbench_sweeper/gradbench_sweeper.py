@@ -89,9 +89,11 @@ class InProcessLauncher(BasicLauncher):
 
 class BatchedJoblibLauncher(JoblibLauncher):
     """Hydra's joblib launcher, sending each worker a batch of cells in one task; the
-    workers the CLI's check started (``_core.StartedWorkers``) are waited for and reused."""
+    workers the CLI's check started (``_core.StartedWorkers``) are waited for and reused.
+    ``progress`` (the sweeper's) moves as each batch returns, in whatever order they end."""
 
     started = None
+    progress = None
 
     def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int):
         from hydra.core.singleton import Singleton
@@ -108,13 +110,18 @@ class BatchedJoblibLauncher(JoblibLauncher):
         workers = _core.cpu_workers(joblib_cfg.get("n_jobs"))
         batches = _core.chunks(indexed, workers * BATCHES_PER_WORKER)
         state = Singleton.get_state()
-        runs = Parallel(**joblib_cfg)(
-            delayed(execute_cells)(
-                batch, self.hydra_context, self.config, self.task_function, state
+        done = Parallel(return_as="generator_unordered", **joblib_cfg)(
+            delayed(execute_batch)(
+                position, batch, self.hydra_context, self.config, self.task_function, state
             )
-            for batch in batches
+            for position, batch in enumerate(batches)
         )
-        return [ret for batch in runs for ret in batch]
+        runs: Dict[int, list] = {}  # noqa: UP006
+        for position, returns in done:
+            runs[position] = returns
+            if self.progress is not None:
+                self.progress.update(ran=len(returns), failed=_core.count_failed(returns))
+        return [ret for position in sorted(runs) for ret in runs[position]]
 
 
 class BatchedSubmitit:
@@ -152,6 +159,12 @@ class BatchedSlurmLauncher(BatchedSubmitit, SlurmLauncher):
 
 
 BATCHED_SUBMITIT = {"LocalLauncher": BatchedLocalLauncher, "SlurmLauncher": BatchedSlurmLauncher}
+
+
+def execute_batch(position, batch, hydra_context, config, task_function, singleton_state):
+    """``(position, execute_cells(...))``: the batch's place among the launch's batches
+    travels with its results, which may return in any order."""
+    return position, execute_cells(batch, hydra_context, config, task_function, singleton_state)
 
 
 def execute_cells(batch, hydra_context, config, task_function, singleton_state) -> list:
@@ -221,6 +234,8 @@ class GradbenchSweeper(BasicSweeper):
         checked = planned_sweep(sweep_dir)
         plan = checked or Plan(True, sweep_dir, len(cells))
         progress = _core.Progress(len(cells))
+        if isinstance(self.launcher, BatchedJoblibLauncher):
+            self.launcher.progress = progress
         todo = []
         for idx, cell in enumerate(cells):
             key = cell_key(cell)
@@ -249,8 +264,8 @@ class GradbenchSweeper(BasicSweeper):
                     break
                 for r in results:
                     _ = r.return_value  # raises where the job raised, as Hydra's sweeper does
-                failed = sum(r.return_value == "failed" for r in results)
-                progress.update(ran=len(results), failed=failed)
+                if not isinstance(self.launcher, BatchedJoblibLauncher):  # it moves it itself
+                    progress.update(ran=len(results), failed=_core.count_failed(results))
                 returns.append(results)
         finally:
             for log, level in zip(quiet, levels, strict=True):
