@@ -37,7 +37,7 @@ from hydra.core.global_hydra import GlobalHydra
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.core.override_parser.types import OverrideType
 from hydra.errors import HydraException, OverrideParseException
-from omegaconf import DictConfig, OmegaConf, open_dict
+from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from benchmarks.config import (
@@ -266,10 +266,9 @@ class SharedCompositions:
         finally:
             runtime.set("name", name)
         self.full[tuple(lines)] = full
-        cfg = copy.deepcopy(full)
-        with open_dict(cfg):
-            del cfg["hydra"]
-        return cfg
+        from hydra_plugins.gradbench_sweeper._core import without_hydra
+
+        return without_hydra(full)  # a copy, its large Hydra node left out, not copied
 
 
 def launcher_hydra_lines(overrides: list[str], plan, first: DictConfig, flag: bool) -> list[str]:
