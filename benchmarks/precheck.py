@@ -216,7 +216,7 @@ def compose_cached(config_name: str, cell: list[str], cache: dict, composer=None
     they key the cache. On any error the cell is composed in full, for Hydra's own message.
     ``composer(structural)`` composes a combination where given (``SharedCompositions``).
     """
-    parsed = OverridesParser.create().parse_overrides(cell)
+    parsed = [parse_one(line) for line in cell]  # a sweep's cells repeat their lines
     structural = tuple(o.input_line for o in parsed if not _is_plain_value(o))
     if structural not in cache:
         make = composer or (lambda lines: compose(config_name, overrides=list(lines)))
