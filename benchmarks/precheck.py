@@ -51,6 +51,12 @@ from benchmarks.config import (
 from benchmarks.errors import ConfigError, UsageError
 from benchmarks.finished import config_dir_of, inputs_digest
 from benchmarks.storage import RECORDS, records_complete, write_atomic
+from hydra_plugins.gradbench_sweeper._core import (
+    CELL_SUBDIR,
+    JOBLIB_TARGET,
+    StartedWorkers,
+    without_hydra,
+)
 
 GROUPS = ("estimator", "objective", "task", "data", "sweep", "hydra/launcher")
 # How type errors name the type the schema wanted.
@@ -266,8 +272,6 @@ class SharedCompositions:
         finally:
             runtime.set("name", name)
         self.full[tuple(lines)] = full
-        from hydra_plugins.gradbench_sweeper._core import without_hydra
-
         return without_hydra(full)  # a copy, its large Hydra node left out, not copied
 
 
@@ -324,9 +328,6 @@ class Plan:
 # of what they were composed from: a run of the same command from the same configs finds
 # its complete cells without composing them again.
 PLAN_FILE = ".gradbench-plan.json"
-JOBLIB_TARGET = "hydra_plugins.hydra_joblib_launcher.joblib_launcher.JoblibLauncher"
-# gradbench's own cell folder setting (conf/config.yaml).
-CELL_SUBDIR = "${gradbench.cell_dir:${hydra.job.override_dirname}}"
 
 
 # The plan of the sweep this process is about to run, for the sweeper
@@ -549,8 +550,6 @@ def started_workers(hydra_cfg: DictConfig, plan: Plan):
     target = str(hydra_cfg.launcher._target_)
     if not plan.multirun or target != JOBLIB_TARGET:
         return False
-    from hydra_plugins.gradbench_sweeper._core import StartedWorkers
-
     return StartedWorkers(hydra_cfg.launcher, ["benchmarks.run"])
 
 

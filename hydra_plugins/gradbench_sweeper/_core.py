@@ -41,6 +41,8 @@ from hydra_plugins.gradbench_sweeper import _compose
 # The cell folder setting of conf/config.yaml: with it, a cell's folder follows from its
 # overrides alone.
 CELL_SUBDIR = "${gradbench.cell_dir:${hydra.job.override_dirname}}"
+# Hydra's joblib launcher, which the sweeper batches and the CLI's check starts workers for.
+JOBLIB_TARGET = "hydra_plugins.hydra_joblib_launcher.joblib_launcher.JoblibLauncher"
 
 # Compositions by (sweep token, structural overrides): one per combination of config-group
 # choices in each process (the command's, and each joblib worker's).

@@ -46,7 +46,6 @@ LAUNCHER_LOGGERS = (
     "hydra_plugins.hydra_ray_launcher._core",
     "hydra_plugins.hydra_ray_launcher.ray_launcher",
 )
-JOBLIB_TARGET = "hydra_plugins.hydra_joblib_launcher.joblib_launcher.JoblibLauncher"
 BASIC_TARGET = "hydra._internal.core_plugins.basic_launcher.BasicLauncher"
 # Joins the cells of one submitit task into the one override list Hydra's launcher passes.
 CELL_SEP = "\x00"
@@ -111,17 +110,17 @@ class BatchedJoblibLauncher(JoblibLauncher):
         batches = _core.chunks(indexed, workers * BATCHES_PER_WORKER)
         state = Singleton.get_state()
         done = Parallel(return_as="generator_unordered", **joblib_cfg)(
-            delayed(execute_batch)(
+            delayed(execute_cells)(
                 position, batch, self.hydra_context, self.config, self.task_function, state
             )
             for position, batch in enumerate(batches)
         )
-        runs: Dict[int, list] = {}  # noqa: UP006
+        runs: List[list] = [[] for _ in batches]  # noqa: UP006
         for position, returns in done:
             runs[position] = returns
             if self.progress is not None:
                 self.progress.update(ran=len(returns), failed=_core.count_failed(returns))
-        return [ret for position in sorted(runs) for ret in runs[position]]
+        return [ret for batch in runs for ret in batch]
 
 
 class BatchedSubmitit:
@@ -161,15 +160,11 @@ class BatchedSlurmLauncher(BatchedSubmitit, SlurmLauncher):
 BATCHED_SUBMITIT = {"LocalLauncher": BatchedLocalLauncher, "SlurmLauncher": BatchedSlurmLauncher}
 
 
-def execute_batch(position, batch, hydra_context, config, task_function, singleton_state):
-    """``(position, execute_cells(...))``: the batch's place among the launch's batches
-    travels with its results, which may return in any order."""
-    return position, execute_cells(batch, hydra_context, config, task_function, singleton_state)
-
-
-def execute_cells(batch, hydra_context, config, task_function, singleton_state) -> list:
+def execute_cells(position, batch, hydra_context, config, task_function, singleton_state):
     """Run a batch of cells in a joblib worker, as Hydra's joblib ``execute_job`` runs one
-    (its job id, ``<job name>_<index>``), each through ``_core.run_job``."""
+    (its job id, ``<job name>_<index>``), each through ``_core.run_job``; returns
+    ``(position, returns)``, the batch's place among the launch's batches travelling with
+    its results, which may come back in any order."""
     from hydra.core.singleton import Singleton
     from hydra.core.utils import setup_globals
 
@@ -177,7 +172,7 @@ def execute_cells(batch, hydra_context, config, task_function, singleton_state) 
     Singleton.set_state(singleton_state)
     _core.freeze_worker()
     name = config.hydra.job.name
-    return [
+    return position, [
         _core.launch_cell(hydra_context, config, task_function, overrides, idx, f"{name}_{idx}")
         for idx, overrides in batch
     ]
@@ -209,7 +204,7 @@ class GradbenchSweeper(BasicSweeper):
         params.pop("_target_")
         if target == BASIC_TARGET:
             self.launcher = InProcessLauncher(**params)
-        elif target == JOBLIB_TARGET:
+        elif target == _core.JOBLIB_TARGET:
             self.launcher = BatchedJoblibLauncher(**params)
             self.launcher.started = plan.workers if plan is not None else None
             loader.to_workers = True
@@ -234,7 +229,8 @@ class GradbenchSweeper(BasicSweeper):
         checked = planned_sweep(sweep_dir)
         plan = checked or Plan(True, sweep_dir, len(cells))
         progress = _core.Progress(len(cells))
-        if isinstance(self.launcher, BatchedJoblibLauncher):
+        joblib = isinstance(self.launcher, BatchedJoblibLauncher)
+        if joblib:  # it moves the progress line itself, as each batch returns
             self.launcher.progress = progress
         todo = []
         for idx, cell in enumerate(cells):
@@ -264,17 +260,18 @@ class GradbenchSweeper(BasicSweeper):
                     break
                 for r in results:
                     _ = r.return_value  # raises where the job raised, as Hydra's sweeper does
-                if not isinstance(self.launcher, BatchedJoblibLauncher):  # it moves it itself
+                if not joblib:
                     progress.update(ran=len(results), failed=_core.count_failed(results))
                 returns.append(results)
         finally:
             for log, level in zip(quiet, levels, strict=True):
                 log.setLevel(level)
             progress.close()
-            if isinstance(self.launcher, BatchedJoblibLauncher):
+            if joblib:  # idle workers would keep the command waiting at its exit
                 if self.launcher.started:
                     self.launcher.started.stop()
-                _core.stop_workers()  # idle ones would keep the command waiting at its exit
+                else:
+                    _core.stop_workers()
         self.overrides = [cells]
         self.batch_index = 1
         return returns
