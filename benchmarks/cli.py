@@ -60,18 +60,20 @@ def cmd_run(args: Sequence[str]) -> int:
             print(f"\r\x1b[Kgradbench: {line}", file=sys.stderr)
         return 1 if summarise(folder, time.time()) else 0
 
-    from benchmarks.precheck import check_run, forget_plan, normalise_overrides
-
-    freeze_what_is_loaded()
+    from benchmarks.precheck import ComposedAhead, check_run, forget_plan, normalise_overrides
 
     overrides = normalise_overrides(overrides)
+    # The check's compositions are made by a second process while this one imports torch.
+    ahead = None if info else ComposedAhead(overrides, flags, multirun)
+    from benchmarks import run
+
+    freeze_what_is_loaded()
     plan = None
     if not info:
-        plan = check_run(overrides, flags, multirun, workers=True)
+        plan = check_run(overrides, flags, multirun, workers=True, ahead=ahead)
         overrides = [*overrides, *plan.added]
         if plan.multirun:
             print(f"gradbench: {plan.cells} cells into {plan.output_dir}", file=sys.stderr)
-    from benchmarks import run
 
     hydra_args = [*(["-m"] if multirun else []), *overrides]
     for flag, value in flags.items():

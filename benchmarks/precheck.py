@@ -16,22 +16,23 @@ The option table of ``gradbench list`` composes configs too, and lives here as w
 
 from __future__ import annotations
 
-import copy
 import functools
 import hashlib
 import itertools
 import json
 import math
 import os
+import pickle
 import re
 import shutil
+import sys
+import threading
+import warnings
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import pandas as pd
-import torch
 from hydra import compose
 from hydra.core.global_hydra import GlobalHydra
 from hydra.core.override_parser.overrides_parser import OverridesParser
@@ -40,23 +41,20 @@ from hydra.errors import HydraException, OverrideParseException
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from benchmarks.config import (
-    RESULT_NEUTRAL_KEYS,
-    build,
-    build_cell,
-    cell_dirname,
-    config_hash,
-    hydra_context,
-)
 from benchmarks.errors import ConfigError, UsageError
 from benchmarks.finished import config_dir_of, inputs_digest
+from benchmarks.schema import RESULT_NEUTRAL_KEYS, cell_dirname, config_hash, hydra_context
 from benchmarks.storage import RECORDS, records_complete, write_atomic
+from hydra_plugins.gradbench_sweeper._compose import Snapshot
 from hydra_plugins.gradbench_sweeper._core import (
     CELL_SUBDIR,
     JOBLIB_TARGET,
     StartedWorkers,
     without_hydra,
 )
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 GROUPS = ("estimator", "objective", "task", "data", "sweep", "hydra/launcher")
 # How type errors name the type the schema wanted.
@@ -213,23 +211,28 @@ def _is_plain_value(override) -> bool:
     )
 
 
+def structural_lines(cell: Sequence[str]) -> tuple[str, ...]:
+    """The overrides of a cell that change what is composed (all but its plain values)."""
+    return tuple(line for line in cell if not _is_plain_value(parse_one(line)))
+
+
 def compose_cached(config_name: str, cell: list[str], cache: dict, composer=None) -> DictConfig:
     """``compose(config_name, overrides=cell)``, sharing work between similar cells.
 
     Composing costs Hydra a tenth of a second or more; cells that differ only in plain
     values share one composition, and the values are set on a copy, as Hydra sets them.
     Group choices, additions, deletions and Hydra's own keys change what is composed, so
-    they key the cache. On any error the cell is composed in full, for Hydra's own message.
-    ``composer(structural)`` composes a combination where given (``SharedCompositions``).
+    they key the cache (``structural_lines``; its values are ``Snapshot``s). On any error
+    the cell is composed in full, for Hydra's own message. ``composer(structural)``
+    composes a combination where given (``SharedCompositions``).
     """
-    parsed = [parse_one(line) for line in cell]  # a sweep's cells repeat their lines
-    structural = tuple(o.input_line for o in parsed if not _is_plain_value(o))
+    structural = structural_lines(cell)
     if structural not in cache:
         make = composer or (lambda lines: compose(config_name, overrides=list(lines)))
-        cache[structural] = make(structural)
-    cfg = copy.deepcopy(cache[structural])
+        cache[structural] = Snapshot(make(structural))
+    cfg = cache[structural].copy()
     try:
-        for override in parsed:
+        for override in map(parse_one, cell):  # a sweep's cells repeat their lines
             if _is_plain_value(override):
                 OmegaConf.update(cfg, override.get_key_element(), override.value(), merge=True)
     except OmegaConfBaseException:
@@ -365,8 +368,28 @@ def forget_plan() -> None:
     _planned.clear()
 
 
+def command_config(overrides: list[str], flags: dict[str, str]) -> tuple[str, str | None, list]:
+    """The primary config's name, ``--config-dir``, and the overrides with its search path."""
+    config_name = flags.get("--config-name") or flags.get("-cn") or "config"
+    config_dir = config_dir_of(flags)
+    return config_name, config_dir, [*overrides, *config_dir_override(config_dir)]
+
+
+def shared_compositions(first, overrides, config_name, config_dir, multirun, plan):
+    """The ``SharedCompositions`` of a sweep whose cells run where Hydra is given the same
+    overrides and config tree (None for a single run or a ``--config-dir`` tree)."""
+    if not plan.multirun or config_dir is not None:
+        return None
+    lines = launcher_hydra_lines(overrides, plan, first, multirun)
+    return SharedCompositions(config_name, lines)
+
+
 def check_run(
-    overrides: list[str], flags: dict[str, str], multirun: bool = False, workers: bool = False
+    overrides: list[str],
+    flags: dict[str, str],
+    multirun: bool = False,
+    workers: bool = False,
+    ahead: ComposedAhead | None = None,
 ) -> Plan:
     """Compose and build every cell; raise ``UsageError`` on the first bad one.
 
@@ -375,30 +398,45 @@ def check_run(
     otherwise report with a traceback: a sweep without ``-m``, a results folder that
     cannot be written, Slurm's launcher without Slurm. ``workers``: start joblib's workers
     at the first cell that will run, for the caller to run the sweep on (``Plan.workers``).
+    ``ahead``: the compositions made meanwhile by another process, taken where they were
+    made from the same config files (else, or where it made none, the check composes).
     """
-    config_name = flags.get("--config-name") or flags.get("-cn") or "config"
-    config_dir = config_dir_of(flags)
-    overrides = [*overrides, *config_dir_override(config_dir)]
+    config_name, config_dir, overrides = command_config(overrides, flags)
+    made = ahead.result() if ahead is not None else None
     forget_plan()
     plan = None
     with hydra_context():
         try:
-            fixed, axes = sweep_axes(overrides, config_name)
+            if made is not None and made.inputs != inputs_digest(config_dir):
+                made = None  # a config file changed meanwhile
+            if made is not None:
+                fixed, axes = made.fixed, made.axes
+                warnings_again(made.warnings)
+            else:
+                fixed, axes = sweep_axes(overrides, config_name)
             cells = math.prod(len(values) for values in axes.values())
             cache: dict = {}
             hashes = {}
             for i, cell in enumerate(cells_to_check(fixed, axes)):
                 if i == 0:
-                    first = compose(config_name, overrides=cell, return_hydra_config=True)
+                    first = (
+                        made.first
+                        if made
+                        else compose(config_name, overrides=cell, return_hydra_config=True)
+                    )
                     remote = runs_elsewhere(first.hydra, multirun)
                     plan = _plan(first, overrides, config_name, config_dir, multirun, cells)
                     plan.resume = bool(first.resume) and "resume" not in axes
                     plan.inputs = inputs_digest(config_dir)
                     inputs = inputs_fingerprint(overrides, config_name, plan.inputs)
                     known = known_complete(plan, first, inputs, "resume" in axes)
-                    if plan.multirun and config_dir is None:
-                        lines = launcher_hydra_lines(overrides, plan, first, multirun)
-                        plan.shared = SharedCompositions(config_name, lines)
+                    plan.shared = shared_compositions(
+                        first, overrides, config_name, config_dir, multirun, plan
+                    )
+                    if made is not None:
+                        cache = {key: Snapshot(cfg) for key, cfg in made.cells.items()}
+                        if plan.shared is not None:
+                            plan.shared.full.update(made.full)
                 key = cell_key(cell)
                 if known.get(key) and plan_cell_complete(plan, key, known[key]):
                     hashes[key] = known[key]
@@ -422,6 +460,114 @@ def check_run(
         if len(hashes) == cells:
             write_plan(plan, inputs)
     return plan
+
+
+@dataclass
+class Compositions:
+    """Every composition ``check_run`` makes for a command, made before it runs."""
+
+    inputs: str  # ``inputs_digest`` of the config files they were composed from
+    fixed: list[str]  # ``sweep_axes``
+    axes: dict[str, list[str]]
+    first: DictConfig  # the first cell, with its Hydra node
+    cells: dict[tuple[str, ...], DictConfig]  # by ``structural_lines``, as ``compose`` gives
+    full: dict[tuple[str, ...], DictConfig]  # ``SharedCompositions.full``
+    warnings: list[tuple[str, type]] = field(default_factory=list)  # what composing warned
+
+
+def compose_all(overrides: list[str], flags: dict[str, str], multirun: bool) -> Compositions:
+    """The compositions ``check_run`` makes for the same command, every combination of
+    config groups among its cells, made the way it makes them."""
+    config_name, config_dir, overrides = command_config(overrides, flags)
+    inputs = inputs_digest(config_dir)
+    with warnings.catch_warnings(record=True) as warned, hydra_context():
+        warnings.simplefilter("always")
+        fixed, axes = sweep_axes(overrides, config_name)
+        cells = cells_to_check(fixed, axes)
+        first_cell = next(cells)
+        first = compose(config_name, overrides=first_cell, return_hydra_config=True)
+        count = math.prod(len(values) for values in axes.values())
+        plan = _plan(first, overrides, config_name, config_dir, multirun, count)
+        shared = shared_compositions(first, overrides, config_name, config_dir, multirun, plan)
+        make = shared or (lambda lines: compose(config_name, overrides=list(lines)))
+        made: dict[tuple[str, ...], DictConfig] = {}
+        for cell in itertools.chain([first_cell], cells):
+            structural = structural_lines(cell)
+            if structural not in made:
+                made[structural] = make(structural)
+    full = shared.full if shared else {}
+    said = [(str(w.message), w.category) for w in warned]
+    return Compositions(inputs, fixed, axes, first, made, full, said)
+
+
+def warnings_again(said: Sequence[tuple[str, type]]) -> None:
+    """Warn here what composing warned in the process that composed."""
+    for message, category in said:
+        warnings.warn(message, category, stacklevel=2)
+
+
+class ComposedAhead:
+    """The check's compositions (``compose_all``), made in a second process while this one
+    imports torch: composing a sweep's combinations is most of the check and needs Hydra
+    only; importing torch is most of a command's start and needs nothing composed.
+
+    The second process is forked, so it composes from the same working directory,
+    environment and config files (``check_run`` takes its compositions only where the files
+    are still the same), and sends them back pickled. It is started only where forking is
+    safe and there is something to overlap: on Linux, in a process with no other thread and
+    no torch yet. Where it is not started, or it fails (bad input: the check's own
+    composition then gives the one-line error), ``result()`` is None and the check composes.
+    """
+
+    def __init__(self, overrides: list[str], flags: dict[str, str], multirun: bool) -> None:
+        self.process = None
+        if not forking_is_safe():
+            return
+        import multiprocessing
+
+        context = multiprocessing.get_context("fork")
+        self.receive, send = context.Pipe(duplex=False)
+        self.process = context.Process(
+            target=_compose_and_send, args=(send, overrides, flags, multirun), daemon=True
+        )
+        self.process.start()
+        send.close()
+
+    def result(self) -> Compositions | None:
+        """The compositions, once made (None where none were)."""
+        if self.process is None:
+            return None
+        try:
+            data = self.receive.recv_bytes()
+        except (EOFError, OSError):  # it ended without sending
+            data = None
+        finally:
+            self.receive.close()
+            self.process.join()
+            self.process = None
+        return None if data is None else pickle.loads(data)
+
+
+def forking_is_safe() -> bool:
+    """Whether this process can fork a composer: Linux, one thread, torch not imported."""
+    return sys.platform == "linux" and threading.active_count() == 1 and "torch" not in sys.modules
+
+
+def _compose_and_send(send, overrides: list[str], flags: dict[str, str], multirun: bool) -> None:
+    """In the forked process: compose, send the pickled ``Compositions``; say nothing (the
+    check says what is wrong with a command, and repeats what composing warned)."""
+    import cloudpickle  # keeps the classes Hydra's plugin scan imported twice
+
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, 1)
+    os.dup2(devnull, 2)
+    try:
+        made = compose_all(overrides, flags, multirun)
+        send.send_bytes(cloudpickle.dumps(made))
+    except BaseException:  # the check composes for itself, and reports what is wrong
+        pass
+    finally:
+        send.close()
 
 
 def inputs_fingerprint(overrides: list[str], config_name: str, digest: str) -> str:
@@ -569,6 +715,10 @@ def check_cell(cfg: DictConfig, remote: bool = False) -> None:
     are built on the CPU here. ``device=cuda`` run here is resolved as the job resolves it,
     so that a machine without CUDA refuses it before anything runs.
     """
+    import torch
+
+    from benchmarks.config import build_cell
+
     on_cpu = remote or cfg.device == "auto"
     build_cell(cfg, torch.device("cpu") if on_cpu else None)
 
@@ -578,6 +728,9 @@ def compatibility(config_dir: str | None = None) -> pd.DataFrame:
 
     ``config_dir`` adds a user's config folder, as ``--config-dir`` does for a run.
     """
+    import pandas as pd
+
+    from benchmarks.config import build
     from estimators import NotApplicable
 
     search_path = config_dir_override(config_dir)
@@ -617,6 +770,10 @@ def build_estimator_option(overrides: Sequence[str], config_dir: str | None = No
     Raises:
         UsageError: no ``estimator=``, an unknown option, or settings it refuses (one line).
     """
+    import torch
+
+    from benchmarks.config import build
+
     search_path = config_dir_override(config_dir)
     names = [o.split("=", 1)[1] for o in overrides if o.startswith("estimator=")]
     if len(names) != 1:

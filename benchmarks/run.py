@@ -23,15 +23,9 @@ import torch
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
-from benchmarks.config import (
-    Cell,
-    ConfigError,
-    build_cell,
-    config_hash,
-    config_path,
-    launcher_threads,
-)
+from benchmarks.config import Cell, ConfigError, build_cell, launcher_threads
 from benchmarks.measure import RECORD_COLUMNS, environment_columns
+from benchmarks.schema import config_hash, config_path
 from benchmarks.storage import (
     RECORDS,
     records_complete,

@@ -5,7 +5,7 @@ import torch
 from hydra import initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 
-from benchmarks.config import config_path
+from benchmarks.schema import config_path
 
 
 @pytest.fixture(autouse=True)

@@ -21,6 +21,7 @@ CONFIG_READERS = {
     "benchmarks/run.py",
     "benchmarks/cli.py",
     "benchmarks/config.py",
+    "benchmarks/schema.py",
     "benchmarks/precheck.py",
     "benchmarks/callbacks.py",
 }
@@ -201,9 +202,12 @@ def test_every_task_has_settings_and_a_function():
 
 
 # The sweeper plugin is Hydra plumbing outside the package: of gradbench it reads the door
-# (cell folders, fingerprints), the storage of records and the pre-check's plan, nothing
-# below the door.
-PLUGIN_USES = {"benchmarks", "benchmarks.config", "benchmarks.storage", "benchmarks.precheck"}
+# and the schema (cell folders, fingerprints), the storage of records and the pre-check's
+# plan, nothing below the door.
+PLUGIN_USES = {
+    "benchmarks", "benchmarks.config", "benchmarks.schema", "benchmarks.storage",
+    "benchmarks.precheck",
+}  # fmt: skip
 
 
 def test_the_sweeper_plugin_uses_only_the_door_storage_and_the_plan():

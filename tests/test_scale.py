@@ -20,8 +20,9 @@ from omegaconf import OmegaConf
 
 from benchmarks import run
 from benchmarks.cli import main
-from benchmarks.config import cell_dirname, launcher_threads
+from benchmarks.config import launcher_threads
 from benchmarks.precheck import sweep_folder
+from benchmarks.schema import cell_dirname
 from benchmarks.storage import RECORDS, records_complete, write_parquet_atomic
 
 GRADBENCH = Path(sys.executable).with_name("gradbench")

@@ -24,7 +24,7 @@ from omegaconf import OmegaConf, open_dict
 
 from benchmarks import precheck, run
 from benchmarks.cli import main
-from benchmarks.config import hydra_context
+from benchmarks.schema import hydra_context
 from benchmarks.storage import RECORDS
 from hydra_plugins.gradbench_sweeper import _compose, _core
 from hydra_plugins.gradbench_sweeper import gradbench_sweeper as plugin
@@ -418,7 +418,7 @@ def test_the_composition_caches_read_an_edited_file_again(tmp_path):
     the new values, as Hydra's own has."""
     from hydra import initialize_config_dir
 
-    from benchmarks.config import SOURCE_CONF
+    from benchmarks.finished import SOURCE_CONF
 
     conf = tmp_path / "conf"
     shutil.copytree(SOURCE_CONF, conf)

@@ -46,7 +46,7 @@ JOBLIB_TARGET = "hydra_plugins.hydra_joblib_launcher.joblib_launcher.JoblibLaunc
 
 # Compositions by (sweep token, structural overrides): one per combination of config-group
 # choices in each process (the command's, and each joblib worker's).
-_COMPOSED: dict[tuple, DictConfig] = {}
+_COMPOSED: dict[tuple, _compose.Snapshot] = {}
 _TOKEN: list[str] = [""]
 
 
@@ -91,7 +91,7 @@ def override_dirname(master: DictConfig, task_lines: Sequence[str]) -> str:
 def cell_folder(master: DictConfig, task_lines: Sequence[str]) -> Path | None:
     """A cell's output folder without composing its config, or None where the sweep's
     ``hydra.sweep.subdir`` is not gradbench's (then only a composition can say)."""
-    from benchmarks.config import cell_dirname
+    from benchmarks.schema import cell_dirname
 
     sweep = OmegaConf.to_container(master.hydra.sweep, resolve=False)
     if sweep.get("subdir") != CELL_SUBDIR:
@@ -180,10 +180,10 @@ class CachingConfigLoader:
             return self.loader.load_sweep_config(master_config, sweep_overrides)
         key = (self.token, tuple(o.input_line for o in structural))
         if key not in _COMPOSED:
-            _COMPOSED[key] = self._composed(
-                master_config.hydra.job.config_name, hydra_lines, structural
+            _COMPOSED[key] = _compose.Snapshot(
+                self._composed(master_config.hydra.job.config_name, hydra_lines, structural)
             )
-        cfg = copy.deepcopy(_COMPOSED[key])
+        cfg = _COMPOSED[key].copy()
         try:
             for override in plain:
                 OmegaConf.update(cfg, override.key_or_group, override.value(), merge=True)

@@ -308,7 +308,7 @@ class GradbenchSweeper(BasicSweeper):
         from hydra.core.hydra_config import HydraConfig
         from omegaconf import open_dict, read_write
 
-        from benchmarks.config import config_hash
+        from benchmarks.schema import config_hash
 
         cfg = self.hydra_context.config_loader.load_sweep_config(self.config, list(cell))
         saved = HydraConfig.instance().cfg
