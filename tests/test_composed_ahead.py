@@ -37,7 +37,7 @@ def assert_same_nodes(a, b, path: str = "") -> None:
     assert a._metadata == b._metadata, path
     if isinstance(a, DictConfig):
         assert list(a.keys()) == list(b.keys()), path
-        for key in a.keys():
+        for key in a:
             assert_same_nodes(a._get_node(key), b._get_node(key), f"{path}.{key}")
     elif isinstance(a, ListConfig):
         assert len(a) == len(b), path
