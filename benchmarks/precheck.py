@@ -425,20 +425,15 @@ def check_run(
                         else compose(config_name, overrides=cell, return_hydra_config=True)
                     )
                     remote = runs_elsewhere(first.hydra, multirun)
-                    plan = _plan(first, overrides, config_name, config_dir, multirun, cells)
-                    plan.resume = bool(first.resume) and "resume" not in axes
-                    plan.inputs = inputs_digest(config_dir)
-                    inputs = inputs_fingerprint(overrides, config_name, plan.inputs)
-                    known = known_complete(plan, first, inputs, "resume" in axes)
-                    plan.shared = shared_compositions(
-                        first, overrides, config_name, config_dir, multirun, plan
+                    plan, known, inputs = planned(
+                        first, overrides, config_name, config_dir, multirun, axes
                     )
                     if made is not None:
                         cache = {key: Snapshot(cfg) for key, cfg in made.cells.items()}
                         if plan.shared is not None:
                             plan.shared.full.update(made.full)
                 key = cell_key(cell)
-                if known.get(key) and plan_cell_complete(plan, key, known[key]):
+                if is_kept(plan, known, key):
                     hashes[key] = known[key]
                     plan.kept.add(key)
                     continue
@@ -462,6 +457,25 @@ def check_run(
     return plan
 
 
+def planned(first, overrides, config_name, config_dir, multirun, axes) -> tuple[Plan, dict, str]:
+    """The plan of a run, from its first cell's composition; the fingerprints of the cells
+    a plan written before for the same inputs lists (``known_complete``); and the inputs'
+    fingerprint."""
+    cells = math.prod(len(values) for values in axes.values())
+    plan = _plan(first, overrides, config_name, config_dir, multirun, cells)
+    plan.resume = bool(first.resume) and "resume" not in axes
+    plan.inputs = inputs_digest(config_dir)
+    inputs = inputs_fingerprint(overrides, config_name, plan.inputs)
+    known = known_complete(plan, first, inputs, "resume" in axes)
+    plan.shared = shared_compositions(first, overrides, config_name, config_dir, multirun, plan)
+    return plan, known, inputs
+
+
+def is_kept(plan: Plan, known: dict, key: tuple[str, ...]) -> bool:
+    """Whether the cell ``key`` is complete as a plan written before knows it: not run."""
+    return bool(known.get(key)) and plan_cell_complete(plan, key, known[key])
+
+
 @dataclass
 class Compositions:
     """Every composition ``check_run`` makes for a command, made before it runs."""
@@ -476,8 +490,8 @@ class Compositions:
 
 
 def compose_all(overrides: list[str], flags: dict[str, str], multirun: bool) -> Compositions:
-    """The compositions ``check_run`` makes for the same command, every combination of
-    config groups among its cells, made the way it makes them."""
+    """The compositions ``check_run`` makes for the same command: every combination of
+    config groups among the cells it will not keep, made the way it makes them."""
     config_name, config_dir, overrides = command_config(overrides, flags)
     inputs = inputs_digest(config_dir)
     with warnings.catch_warnings(record=True) as warned, hydra_context():
@@ -486,14 +500,13 @@ def compose_all(overrides: list[str], flags: dict[str, str], multirun: bool) -> 
         cells = cells_to_check(fixed, axes)
         first_cell = next(cells)
         first = compose(config_name, overrides=first_cell, return_hydra_config=True)
-        count = math.prod(len(values) for values in axes.values())
-        plan = _plan(first, overrides, config_name, config_dir, multirun, count)
-        shared = shared_compositions(first, overrides, config_name, config_dir, multirun, plan)
+        plan, known, _ = planned(first, overrides, config_name, config_dir, multirun, axes)
+        shared = plan.shared
         make = shared or (lambda lines: compose(config_name, overrides=list(lines)))
         made: dict[tuple[str, ...], DictConfig] = {}
         for cell in itertools.chain([first_cell], cells):
             structural = structural_lines(cell)
-            if structural not in made:
+            if structural not in made and not is_kept(plan, known, cell_key(cell)):
                 made[structural] = make(structural)
     full = shared.full if shared else {}
     said = [(str(w.message), w.category) for w in warned]

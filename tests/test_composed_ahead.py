@@ -119,6 +119,19 @@ def test_the_check_composes_itself_where_the_config_files_changed(tmp_path, monk
         precheck.check_run(overrides, {}, True, ahead=Given(made))
 
 
+def test_compositions_made_ahead_leave_out_the_cells_the_check_will_keep(tmp_path):
+    overrides = [*FAST, *GRID, f"hydra.sweep.dir={tmp_path}"]
+    assert main(["run", "-m", *overrides]) == 0
+    assert precheck.compose_all(overrides, {}, True).cells == {}  # every cell kept
+    cell = "estimator=reparam,n_samples=2,objective=gaussian_quadratic"
+    (tmp_path / cell / "records.parquet").unlink()
+    made = precheck.compose_all(overrides, {}, True)
+    (structural,) = made.cells  # that cell's combination alone
+    assert structural[1:] == ("objective=gaussian_quadratic", "estimator=reparam")
+    plan = precheck.check_run(overrides, {}, True, ahead=Given(made))
+    assert len(plan.kept) == 7 and len(plan.hashes) == 8
+
+
 def test_what_composing_ahead_warned_the_check_warns(tmp_path, monkeypatch):
     real = precheck.sweep_axes
 
