@@ -11,6 +11,10 @@ overrides>``), one sub-folder per cell named by the cell's swept values, so runn
 same command again finds the cells already done and runs only the others
 (``benchmarks.run``).
 
+The check's compositions can be made ahead, by a process forked before the command imports
+torch (``ComposedAhead``, running ``compose_all``); this module imports neither torch nor
+pandas at its top for that, only where a cell is built.
+
 The option table of ``gradbench list`` composes configs too, and lives here as well.
 """
 
