@@ -26,14 +26,15 @@ import benchmarks
 NOTES = Path("results") / ".gradbench-finished"
 # conf/ of a source checkout or editable install; a regular install has it as the package
 # data benchmarks/conf (pyproject.toml maps one onto the other). Defined here, where nothing
-# imports torch or Hydra; benchmarks.config reads them from here.
+# imports torch or Hydra; benchmarks.schema reads them from here.
 SOURCE_CONF = Path(benchmarks.__file__).resolve().parent.parent / "conf"
 INSTALLED_CONF = Path(benchmarks.__file__).resolve().parent / "conf"
-# Estimators that other installed packages provide (benchmarks.config registers them).
+# Estimators that other installed packages provide (benchmarks.schema registers them).
 ENTRY_POINT_GROUP = "gradbench.estimators"
 # Flags of Hydra's own command line that take a value.
 VALUE_FLAGS = {"--config-name", "-cn", "--config-dir", "-cd", "--config-path", "-cp",
-               "--info", "-i", "--experimental-rerun"}  # fmt: skip
+               "--cfg", "-c", "--package", "-p", "--info", "-i",
+               "--experimental-rerun"}  # fmt: skip
 
 
 def split_args(args: Sequence[str]) -> tuple[list[str], dict[str, str], bool]:

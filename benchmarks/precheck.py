@@ -151,7 +151,9 @@ def sweep_axes(overrides: list[str], config_name: str) -> tuple[list[str], dict[
     Sweeps come from the command line (``a=1,2``) and from a preset's
     ``hydra.sweeper.params``; as in Hydra's basic sweeper, the command line wins.
     """
-    parser = OverridesParser.create()
+    # With the config loader: a glob over a group's options (``estimator='glob(reinforce*)'``)
+    # lists them through it.
+    parser = OverridesParser.create(config_loader=GlobalHydra.instance().config_loader())
     parsed = parser.parse_overrides(overrides)
     search_path = [o.input_line for o in parsed if o.get_key_element() == "hydra.searchpath"]
     _check_group_choices(parsed, search_path)

@@ -69,6 +69,29 @@ def test_sweep_records_inapplicable_cells_as_skipped(tmp_path, capsys):
     assert "8 cells: 4 ok, 4 skipped" in out
 
 
+def test_a_sweep_takes_hydras_range_choice_and_glob(tmp_path, capsys):
+    code = main([
+        "run", "-m", "objective=gaussian_quadratic", "estimator=glob(reinforce_l*)",
+        "n_samples=range(2,4)", "seed=choice(0)", "replicates=50",
+        "task.timing_min_run_time=0.001", f"hydra.sweep.dir={tmp_path}",
+    ])  # fmt: skip
+    assert code == 0
+    folders = sorted(p.parent.name for p in tmp_path.glob("*/records.parquet"))
+    assert folders == [
+        f"estimator={e},n_samples={n},seed=0" for e in ("reinforce_learned", "reinforce_loo")
+        for n in (2, 3)
+    ]  # fmt: skip
+    assert "4 cells: 4 ok" in capsys.readouterr().out
+
+
+def test_hydras_cfg_flag_prints_the_config_and_runs_nothing(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert main(["run", "--cfg", "job", "estimator=reparam"]) == 0
+    out = capsys.readouterr().out
+    assert "_target_: estimators.Reparameterization" in out and "n_samples: 10" in out
+    assert not (tmp_path / "results").exists()
+
+
 def test_named_preset_runs_with_plus_or_without(tmp_path, capsys):
     # A tiny preset from a user config dir, run both ways the README shows.
     presets = tmp_path / "conf" / "sweep"
