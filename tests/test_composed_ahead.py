@@ -14,6 +14,7 @@ import os
 import subprocess
 import sys
 import warnings
+from pathlib import Path
 
 import pytest
 from hydra.core.global_hydra import GlobalHydra
@@ -228,3 +229,17 @@ def test_a_sweep_run_with_compositions_made_ahead_writes_the_same_files(tmp_path
     assert main(args) == 0
     assert len(ahead_files) == 8 * 3 and files() == ahead_files
     assert measured().equals(ahead_records)
+
+
+def test_a_bad_command_is_still_one_line_from_the_console_script(tmp_path):
+    """The forked process composes nothing it can send; the check's own composition gives
+    the one-line error, said once."""
+    gradbench = Path(sys.executable).with_name("gradbench")
+    out = subprocess.run(
+        [str(gradbench), "run", "-m", "estimator=reinforce,no_such_estimator", "n_samples=1"],
+        capture_output=True, text=True, cwd=tmp_path, timeout=300,
+    )  # fmt: skip
+    assert out.returncode == 2
+    assert out.stderr.count("\n") == 1
+    assert out.stderr.startswith("gradbench: error: unknown estimator 'no_such_estimator'")
+    assert not (tmp_path / "results").exists()
