@@ -90,7 +90,7 @@ def one_line(exc: BaseException) -> str:
         r"converted to|is not a valid) (\w+)",
         message,
     )
-    if wrong_type:  # OmegaConf's wording, from the schema in benchmarks/config.py
+    if wrong_type:  # OmegaConf's wording, from the schema in benchmarks/schema.py
         key, value, kind = wrong_type.groups()
         message = f"{key} must be {TYPE_NAMES.get(kind.lower(), kind.lower())}, got {value!r}"
     return message

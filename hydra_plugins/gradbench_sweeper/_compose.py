@@ -14,6 +14,9 @@ configs and the primary config in the same order before it reaches the groups th
   key (or, for a config the ConfigStore holds, the stored node), and merges the rest of the
   defaults list into a copy of it.
 
+The merged prefix is kept as a ``Snapshot`` (pickled once, unpickled for each copy), which
+is also how the sweeper copies each cell's config from its combination's.
+
 A file edited between compositions gets a new key and is parsed again. A default whose source
 is neither a file, a package file nor the ConfigStore is never cached. The compositions
 equal Hydra's own (tests/test_sweeper.py composes every cell of the toy presets both ways).
