@@ -409,11 +409,12 @@ def check_run(
     """
     config_name, config_dir, overrides = command_config(overrides, flags)
     made = ahead.result() if ahead is not None else None
+    digest = inputs_digest(config_dir)
     forget_plan()
     plan = None
     with hydra_context():
         try:
-            if made is not None and made.inputs != inputs_digest(config_dir):
+            if made is not None and made.inputs != digest:
                 made = None  # a config file changed meanwhile
             if made is not None:
                 fixed, axes = made.fixed, made.axes
@@ -432,7 +433,7 @@ def check_run(
                     )
                     remote = runs_elsewhere(first.hydra, multirun)
                     plan, known, inputs = planned(
-                        first, overrides, config_name, config_dir, multirun, axes
+                        first, overrides, config_name, config_dir, multirun, axes, digest
                     )
                     if made is not None:
                         cache = {key: Snapshot(cfg) for key, cfg in made.cells.items()}
@@ -463,14 +464,16 @@ def check_run(
     return plan
 
 
-def planned(first, overrides, config_name, config_dir, multirun, axes) -> tuple[Plan, dict, str]:
-    """The plan of a run, from its first cell's composition; the fingerprints of the cells
-    a plan written before for the same inputs lists (``known_complete``); and the inputs'
-    fingerprint."""
+def planned(
+    first, overrides, config_name, config_dir, multirun, axes, digest: str
+) -> tuple[Plan, dict, str]:
+    """The plan of a run, from its first cell's composition and the ``inputs_digest`` of its
+    config files; the fingerprints of the cells a plan written before for the same inputs
+    lists (``known_complete``); and the inputs' fingerprint."""
     cells = math.prod(len(values) for values in axes.values())
     plan = _plan(first, overrides, config_name, config_dir, multirun, cells)
     plan.resume = bool(first.resume) and "resume" not in axes
-    plan.inputs = inputs_digest(config_dir)
+    plan.inputs = digest
     inputs = inputs_fingerprint(overrides, config_name, plan.inputs)
     known = known_complete(plan, first, inputs, "resume" in axes)
     plan.shared = shared_compositions(first, overrides, config_name, config_dir, multirun, plan)
@@ -506,7 +509,7 @@ def compose_all(overrides: list[str], flags: dict[str, str], multirun: bool) -> 
         cells = cells_to_check(fixed, axes)
         first_cell = next(cells)
         first = compose(config_name, overrides=first_cell, return_hydra_config=True)
-        plan, known, _ = planned(first, overrides, config_name, config_dir, multirun, axes)
+        plan, known, _ = planned(first, overrides, config_name, config_dir, multirun, axes, inputs)
         shared = plan.shared
         make = shared or (lambda lines: compose(config_name, overrides=list(lines)))
         made: dict[tuple[str, ...], DictConfig] = {}
