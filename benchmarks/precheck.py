@@ -55,6 +55,7 @@ from hydra_plugins.gradbench_sweeper._core import (
     JOBLIB_TARGET,
     StartedWorkers,
     without_hydra,
+    worker_count,
 )
 
 if TYPE_CHECKING:
@@ -716,7 +717,7 @@ def started_workers(hydra_cfg: DictConfig, plan: Plan):
     their imports overlap the rest of the check (``False`` for any other run); whoever runs
     the sweep ends them (``StartedWorkers.stop``)."""
     target = str(hydra_cfg.launcher._target_)
-    if not plan.multirun or target != JOBLIB_TARGET:
+    if not plan.multirun or target != JOBLIB_TARGET or worker_count(hydra_cfg.launcher) < 1:
         return False
     return StartedWorkers(hydra_cfg.launcher, ["benchmarks.run"])
 

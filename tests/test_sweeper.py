@@ -207,7 +207,7 @@ def test_under_joblib_progress_moves_as_each_batch_returns(tmp_path, monkeypatch
     grid = ["estimator=reinforce,reparam", "n_samples=1,3"]
     assert sweep(tmp_path, "hydra/launcher=joblib", *grid) == 0
     err = stream.getvalue()
-    batches = min(4, _core.cpu_workers(-1) * plugin.BATCHES_PER_WORKER)
+    batches = min(4, _core.cpu_workers(-1) * plugin.BATCHES_PER_JOB)
     assert err.count("\r") == batches and "cells 4/4: 0 kept, 0 failed" in err
     assert "4 cells: 4 ok" in capsys.readouterr().out
     for folder in tmp_path.glob(f"*/{RECORDS}"):
@@ -547,29 +547,77 @@ def executor_ended(executor, seconds: float = 60) -> bool:
     return False
 
 
-def test_started_workers_are_the_ones_the_launcher_uses_with_their_collector_frozen():
-    """The workers the check starts (``StartedWorkers``) are those a ``Parallel`` with the
-    launcher's settings then runs on (joblib reuses its executor), each with its imports
-    made and its collector frozen; ``stop_workers`` ends them."""
+def worker_pid_and_freeze(position, batch, payload):
+    """A batch's run in a worker for the tests below: who ran it, and the worker's state."""
     import gc
 
-    from joblib import Parallel, delayed
-    from joblib.externals.loky import reusable_executor
+    if payload == b"raise":
+        raise RuntimeError("a batch that raises")
+    return position, [(os.getpid(), gc.get_freeze_count(), cell) for cell in batch]
 
+
+def test_started_workers_are_the_ones_the_launcher_uses_with_their_collector_frozen():
+    """The worker the check starts (``StartedWorkers``; two cells at once: this process
+    and one worker) is the pool the launcher feeds (``WorkerFeed``): every batch it gives
+    it runs once, there (not in this process), after its imports, its collector frozen;
+    stopping ends it."""
     with hydra_context():
-        cfg = precheck.compose("config", ["hydra/launcher=joblib"], return_hydra_config=True)
+        cfg = precheck.compose("config", ["hydra/launcher=joblib", "hydra.launcher.n_jobs=2"],
+                               return_hydra_config=True)  # fmt: skip
     launcher = cfg.hydra.launcher
     started = _core.StartedWorkers(launcher, ["benchmarks.run"])
+    assert _core.worker_count(launcher) == 1 and _core.worker_pool(launcher) is started.executor
+    queue = _core.BatchQueue([["a", "b"], ["c"], ["d"], ["e", "f"]])
+    returned = {}
+    feed = _core.WorkerFeed(launcher, queue, worker_pid_and_freeze, b"", returned.__setitem__,
+                            started)  # fmt: skip
+    feed.join()
     pids = started.wait()
-    assert len(pids) == _core.cpu_workers(launcher.n_jobs)
-    ran = Parallel(**_core.joblib_settings(launcher))(
-        delayed(lambda: (os.getpid(), gc.get_freeze_count()))() for _ in range(4)
-    )
-    assert {pid for pid, _ in ran} <= pids
-    assert all(frozen > 0 for _, frozen in ran)
-    executor = reusable_executor._executor
-    _core.stop_workers()
+    assert len(pids) == 1 and os.getpid() not in pids
+    assert sorted(returned) == [0, 1, 2, 3]
+    assert [c for i in range(4) for _, _, c in returned[i]] == list("abcdef")
+    assert {pid for batch in returned.values() for pid, _, _ in batch} <= pids
+    assert all(frozen > 0 for batch in returned.values() for _, frozen, _ in batch)
+    executor = started.executor
+    feed.stop()
     assert executor_ended(executor)
+
+
+def test_a_batch_queue_hands_each_batch_out_once_to_whoever_asks():
+    queue = _core.BatchQueue([[1], [2, 3], [4]])
+    assert queue.take() == (0, [1])
+    assert list(queue) == [(1, [2, 3]), (2, [4])]
+    assert queue.take() is None
+    queue = _core.BatchQueue([[1], [2]])
+    queue.close()
+    assert list(queue) == []
+
+
+def test_a_workers_failure_is_raised_once_the_feed_is_joined():
+    """A batch that raises in a worker stops that worker's feed, and ``join`` raises it;
+    the batches it did not take stay in the queue, for this process to take."""
+    with hydra_context():
+        cfg = precheck.compose("config", ["hydra/launcher=joblib", "hydra.launcher.n_jobs=2"],
+                               return_hydra_config=True)  # fmt: skip
+    queue = _core.BatchQueue([["a"], ["b"], ["c"]])
+    feed = _core.WorkerFeed(cfg.hydra.launcher, queue, worker_pid_and_freeze, b"raise",
+                            lambda *a: None)  # fmt: skip
+    with pytest.raises(RuntimeError, match="a batch that raises"):
+        feed.join()
+    assert list(queue) == [(1, ["b"]), (2, ["c"])]
+    feed.stop()
+
+
+def test_under_joblib_with_one_job_no_worker_is_started(tmp_path):
+    """``n_jobs=1``: one cell at a time, this process runs them all, and nothing is
+    started (a worker would only cost its start)."""
+    from joblib.externals.loky import reusable_executor
+
+    before = reusable_executor._executor
+    grid = ["hydra/launcher=joblib", "hydra.launcher.n_jobs=1", "estimator=reinforce,reparam"]
+    assert sweep(tmp_path, *grid) == 0
+    assert len(list(tmp_path.glob(f"*/{RECORDS}"))) == 2
+    assert reusable_executor._executor is before
 
 
 def test_a_joblib_sweep_refused_by_the_check_ends_its_started_workers(tmp_path, capsys):

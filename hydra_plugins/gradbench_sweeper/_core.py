@@ -13,10 +13,10 @@ import gc
 import importlib
 import os
 import sys
+import threading
 import time
 import uuid
-import warnings
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -259,25 +259,43 @@ def uncompleted_line(exc: BaseException) -> str:
 
 
 def cpu_workers(n_jobs: int | None) -> int:
-    """The worker processes joblib starts for ``n_jobs`` (negative: CPUs + 1 + n_jobs)."""
+    """The cells joblib runs at once for ``n_jobs`` (negative: CPUs + 1 + n_jobs)."""
     from benchmarks.config import available_cpus
 
     n = int(n_jobs or -1)
     return n if n > 0 else max(1, available_cpus() + 1 + n)
 
 
-def joblib_settings(launcher: Any) -> dict:
-    """joblib's ``Parallel`` arguments for a ``hydra/launcher=joblib`` config (or the
-    launcher's own arguments), as Hydra's joblib launcher makes them (the loky backend)."""
-    from hydra_plugins.hydra_joblib_launcher._core import process_joblib_cfg
+def worker_count(launcher: Any) -> int:
+    """The worker processes of a ``hydra/launcher=joblib`` sweep: one fewer than the cells
+    it runs at once, this process running cells too (``BatchedJoblibLauncher``)."""
+    return cpu_workers(launcher.get("n_jobs")) - 1
 
-    if isinstance(launcher, DictConfig):
-        launcher = OmegaConf.to_container(launcher, resolve=True)
-    settings = dict(launcher)
-    settings.pop("_target_", None)
-    settings["backend"] = "loky"  # as Hydra's: the threading backend cannot run jobs
-    process_joblib_cfg(settings)
-    return settings
+
+# Thread-count variables a worker starts with, as joblib's loky backend sets them: the
+# machine's CPUs shared out between the cells run at once.
+THREAD_VARIABLES = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
+# Seconds an idle worker waits for work before it ends, as joblib's loky backend has it.
+IDLE_WORKER_S = 300
+
+
+def worker_pool(launcher: Any):
+    """The loky executor (joblib's process pool) with ``worker_count`` workers for a
+    ``hydra/launcher=joblib`` config, or None where there are none to start. It is loky's
+    reusable executor: the check's ``StartedWorkers`` and the launcher get the same one.
+
+    joblib's ``Parallel`` is not used: it runs a single worker's tasks in this process.
+    """
+    from joblib.externals.loky import get_reusable_executor
+
+    from benchmarks.config import available_cpus
+
+    count = worker_count(launcher)
+    if count < 1:
+        return None
+    threads = str(max(1, available_cpus() // (count + 1)))
+    env = dict.fromkeys(THREAD_VARIABLES, threads)
+    return get_reusable_executor(max_workers=count, timeout=IDLE_WORKER_S, env=env)
 
 
 def import_modules(names: Sequence[str]) -> int:
@@ -301,38 +319,29 @@ def freeze_worker() -> None:
         _FROZEN.append(True)
 
 
-def stop_workers(kill: bool = False) -> None:
-    """Tell joblib's idle workers to end now, not at the interpreter's exit, where the
+def stop_workers(executor: Any, kill: bool = False) -> None:
+    """Tell a pool's idle workers to end now, not at the interpreter's exit, where the
     command would wait for each to tear down torch; their cells have returned (their
     records are written). ``kill``: end them where they are."""
-    from joblib.externals.loky import reusable_executor
-
-    executor = reusable_executor._executor  # joblib's one executor, if it made one
-    if executor is not None:
-        executor.shutdown(wait=False, kill_workers=kill)
+    executor.shutdown(wait=False, kill_workers=kill)
 
 
 class StartedWorkers:
-    """joblib's workers for a sweep, started while this process goes on (the CLI's check),
-    each importing ``modules`` meanwhile; the launcher's ``Parallel`` with the same settings
-    reuses them (joblib keeps one executor)."""
+    """joblib's workers for a sweep (``worker_pool``), started while this process goes on
+    (the CLI's check), each importing ``modules`` meanwhile; the launcher takes them
+    (``WorkerFeed``)."""
 
     def __init__(self, launcher: DictConfig, modules: Sequence[str]) -> None:
-        from joblib import Parallel, delayed
-
-        settings = joblib_settings(launcher)
-        count = cpu_workers(settings.get("n_jobs"))
-        # A generator: the tasks are sent, and nothing waits for them until ``wait``.
-        self.results = Parallel(return_as="generator", **settings)(
-            delayed(import_modules)(list(modules)) for _ in range(count)
-        )
+        self.executor = worker_pool(launcher)
+        count = worker_count(launcher)
+        self.imports = [self.executor.submit(import_modules, list(modules)) for _ in range(count)]
         self.ready = self.stopped = False
 
     def wait(self) -> set[int]:
         """Wait until the workers have made their imports; their process ids."""
         try:
-            return set(self.results)
-        except Exception:  # the launcher's own Parallel starts them again, or says why not
+            return {future.result() for future in self.imports}
+        except Exception:  # the launcher's batches start them again, or say why not
             return set()
         finally:
             self.ready = True
@@ -340,13 +349,85 @@ class StartedWorkers:
     def stop(self) -> None:
         """End the workers: at once where they were never waited for (the sweep did not
         run them), else once idle. Stopping again does nothing."""
-        if self.stopped:
-            return
-        self.stopped = True
-        stop_workers(kill=not self.ready)
-        with warnings.catch_warnings():  # joblib's note that unfinished tasks were dropped
-            warnings.simplefilter("ignore")
-            self.results.close()
+        if not self.stopped:
+            self.stopped = True
+            stop_workers(self.executor, kill=not self.ready)
+
+
+class BatchQueue:
+    """Batches of cells, each handed out once, in order, to whichever of several threads
+    asks next (iterating it takes one after another); ``close`` hands out no more."""
+
+    def __init__(self, batches: Sequence[list]) -> None:
+        self.pending = list(enumerate(batches))[::-1]
+        self.lock = threading.Lock()
+
+    def take(self) -> tuple[int, list] | None:
+        """The next batch with its position among them, or None when none is left."""
+        with self.lock:
+            return self.pending.pop() if self.pending else None
+
+    def __iter__(self) -> Iterator[tuple[int, list]]:
+        return iter(self.take, None)
+
+    def close(self) -> None:
+        with self.lock:
+            self.pending.clear()
+
+
+class WorkerFeed:
+    """joblib's workers taking batches from ``queue``, one batch per worker at a time (a
+    thread of this process for each waits on its worker's batch), while this process takes
+    batches from the same queue itself.
+
+    ``run(position, batch, payload)`` runs in a worker; ``payload`` is pickled by the caller
+    before anything starts (the state cells then change in this process travels as it
+    was). ``returned(position, returns)`` is called in a feeding thread as each batch
+    returns. ``timeout``: seconds a batch may take (joblib's ``timeout``). ``started``: the
+    check's workers, waited for (in the threads) and used; else the pool is started here.
+    """
+
+    def __init__(self, launcher: Any, queue: BatchQueue, run, payload: bytes, returned,
+                 started: StartedWorkers | None = None) -> None:  # fmt: skip
+        self.started = started
+        self.executor = started.executor if started else worker_pool(launcher)
+        self.errors: list[BaseException] = []
+        timeout = launcher.get("timeout")
+        self.threads = [
+            threading.Thread(
+                target=self._feed,
+                args=(queue, run, payload, returned, timeout),
+                name=f"gradbench-joblib-{i}",
+                daemon=True,
+            )  # fmt: skip
+            for i in range(worker_count(launcher))
+        ]
+        for thread in self.threads:
+            thread.start()
+
+    def _feed(self, queue, run, payload, returned, timeout) -> None:
+        try:
+            if self.started:
+                self.started.wait()
+            for position, batch in queue:
+                returned(*self.executor.submit(run, position, batch, payload).result(timeout))
+        except BaseException as exc:  # raised in the launcher's thread by ``join``
+            self.errors.append(exc)
+
+    def join(self) -> None:
+        """Wait for the workers' last batches; raise the first error a worker's batch
+        raised (a worker that died, a batch past ``timeout``)."""
+        for thread in self.threads:
+            thread.join()
+        if self.errors:
+            raise self.errors[0]
+
+    def stop(self, kill: bool = False) -> None:
+        """End the workers (``stop_workers``)."""
+        if self.started:
+            self.started.stop()
+        else:
+            stop_workers(self.executor, kill)
 
 
 def chunks(items: list, count: int) -> list[list]:

@@ -49,8 +49,10 @@ LAUNCHER_LOGGERS = (
 BASIC_TARGET = "hydra._internal.core_plugins.basic_launcher.BasicLauncher"
 # Joins the cells of one submitit task into the one override list Hydra's launcher passes.
 CELL_SEP = "\x00"
-# Batches per joblib worker: more than one, so that a worker done early takes another.
-BATCHES_PER_WORKER = 2
+# Batches per cell run at once under joblib: several, so that whoever ends early (this
+# process, which starts at once, or a worker, which starts once it has imported torch)
+# takes another.
+BATCHES_PER_JOB = 8
 
 
 @dataclass
@@ -87,39 +89,68 @@ class InProcessLauncher(BasicLauncher):
 
 
 class BatchedJoblibLauncher(JoblibLauncher):
-    """Hydra's joblib launcher, sending each worker a batch of cells in one task; the
-    workers the CLI's check started (``_core.StartedWorkers``) are waited for and reused.
-    ``progress`` (the sweeper's) moves as each batch returns, in whatever order they end."""
+    """Hydra's joblib launcher, ``n_jobs`` cells at a time: this process and ``n_jobs - 1``
+    workers (``_core.worker_count``) take batches of cells from one queue, each taking the
+    next as it ends one (``_core.WorkerFeed``). The cells start here while the workers
+    import torch, and the machine starts one worker fewer. The workers the CLI's check
+    started (``_core.StartedWorkers``) are the ones used. ``progress`` (the sweeper's) moves
+    as each batch returns, in whatever order they end."""
 
     started = None
+    feed = None
     progress = None
 
+    def stop_workers(self) -> None:
+        """End the sweep's workers, if any were started: idle ones would keep the command
+        waiting at its exit."""
+        if self.feed is not None:
+            self.feed.stop()
+        elif self.started:
+            self.started.stop()
+
     def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int):
+        import threading
+
+        import cloudpickle
         from hydra.core.singleton import Singleton
         from hydra.core.utils import configure_log, setup_globals
-        from joblib import Parallel, delayed
 
         setup_globals()
         configure_log(self.config.hydra.hydra_logging, self.config.hydra.verbose)
         Path(str(self.config.hydra.sweep.dir)).mkdir(parents=True, exist_ok=True)
-        joblib_cfg = _core.joblib_settings(self.joblib)  # the started workers' settings
-        if self.started:
-            self.started.wait()
         indexed = [(initial_job_idx + i, list(o)) for i, o in enumerate(job_overrides)]
-        workers = _core.cpu_workers(joblib_cfg.get("n_jobs"))
-        batches = _core.chunks(indexed, workers * BATCHES_PER_WORKER)
-        state = Singleton.get_state()
-        done = Parallel(return_as="generator_unordered", **joblib_cfg)(
-            delayed(execute_cells)(
-                position, batch, self.hydra_context, self.config, self.task_function, state
-            )
-            for position, batch in enumerate(batches)
-        )
+        jobs = _core.cpu_workers(self.joblib.get("n_jobs"))
+        batches = _core.chunks(indexed, jobs * BATCHES_PER_JOB)
+        queue = _core.BatchQueue(batches)
         runs: List[list] = [[] for _ in batches]  # noqa: UP006
-        for position, returns in done:
-            runs[position] = returns
-            if self.progress is not None:
-                self.progress.update(ran=len(returns), failed=_core.count_failed(returns))
+        lock = threading.Lock()
+
+        def returned(position: int, returns: list) -> None:
+            with lock:
+                runs[position] = returns
+                if self.progress is not None:
+                    self.progress.update(ran=len(returns), failed=_core.count_failed(returns))
+
+        feed = None
+        if jobs > 1 and len(batches) > 1:
+            state = (self.hydra_context, self.config, self.task_function, Singleton.get_state())
+            feed = self.feed = _core.WorkerFeed(self.joblib, queue, execute_cells,
+                                                cloudpickle.dumps(state), returned,
+                                                self.started)  # fmt: skip
+        name = self.config.hydra.job.name
+        try:
+            for position, batch in queue:
+                returns = []
+                for idx, overrides in batch:
+                    returns.append(_core.launch_cell(self.hydra_context, self.config,
+                                                     self.task_function, overrides, idx,
+                                                     f"{name}_{idx}"))  # fmt: skip
+                    configure_log(self.config.hydra.hydra_logging, self.config.hydra.verbose)
+                returned(position, returns)
+        finally:
+            queue.close()  # on an error here, the workers take no more
+        if feed is not None:
+            feed.join()
         return [ret for batch in runs for ret in batch]
 
 
@@ -160,14 +191,17 @@ class BatchedSlurmLauncher(BatchedSubmitit, SlurmLauncher):
 BATCHED_SUBMITIT = {"LocalLauncher": BatchedLocalLauncher, "SlurmLauncher": BatchedSlurmLauncher}
 
 
-def execute_cells(position, batch, hydra_context, config, task_function, singleton_state):
+def execute_cells(position: int, batch: list, payload: bytes):
     """Run a batch of cells in a joblib worker, as Hydra's joblib ``execute_job`` runs one
-    (its job id, ``<job name>_<index>``), each through ``_core.run_job``; returns
+    (its job id, ``<job name>_<index>``), each through ``_core.run_job``; ``payload`` is the
+    launch's Hydra context, config, task function and Hydra state, pickled. Returns
     ``(position, returns)``, the batch's place among the launch's batches travelling with
     its results, which may come back in any order."""
+    import cloudpickle
     from hydra.core.singleton import Singleton
     from hydra.core.utils import setup_globals
 
+    hydra_context, config, task_function, singleton_state = cloudpickle.loads(payload)
     setup_globals()
     Singleton.set_state(singleton_state)
     _core.freeze_worker()
@@ -267,11 +301,8 @@ class GradbenchSweeper(BasicSweeper):
             for log, level in zip(quiet, levels, strict=True):
                 log.setLevel(level)
             progress.close()
-            if joblib:  # idle workers would keep the command waiting at its exit
-                if self.launcher.started:
-                    self.launcher.started.stop()
-                else:
-                    _core.stop_workers()
+            if joblib:
+                self.launcher.stop_workers()
         self.overrides = [cells]
         self.batch_index = 1
         return returns
