@@ -593,6 +593,18 @@ def test_a_batch_queue_hands_each_batch_out_once_to_whoever_asks():
     assert list(queue) == []
 
 
+def test_a_workers_launch_state_is_unpickled_once_per_launch():
+    """Every batch brings the launch's pickled state; a worker unpickles the same bytes
+    once (its later batches go on from the same objects), and a new launch's afresh."""
+    import cloudpickle
+
+    first, second = cloudpickle.dumps({"launch": 1}), cloudpickle.dumps({"launch": 2})
+    state = _core.unpickled(first)
+    assert state == {"launch": 1} and _core.unpickled(bytes(first)) is state
+    assert _core.unpickled(second) == {"launch": 2}
+    assert _core.unpickled(first) is not state  # the first launch's was let go
+
+
 def test_a_workers_failure_is_raised_once_the_feed_is_joined():
     """A batch that raises in a worker stops that worker's feed, and ``join`` raises it;
     the batches it did not take stay in the queue, for this process to take."""

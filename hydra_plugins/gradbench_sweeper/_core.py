@@ -354,6 +354,21 @@ class StartedWorkers:
             stop_workers(self.executor, kill=not self.ready)
 
 
+_UNPICKLED: dict[bytes, Any] = {}
+
+
+def unpickled(payload: bytes) -> Any:
+    """``payload`` unpickled (cloudpickle), once in this process for the same bytes: a
+    worker gets the launch's state with every batch, and unpickling it (the config loader
+    with the check's compositions) costs more than a toy cell."""
+    import cloudpickle
+
+    if payload not in _UNPICKLED:
+        _UNPICKLED.clear()  # a new launch
+        _UNPICKLED[payload] = cloudpickle.loads(payload)
+    return _UNPICKLED[payload]
+
+
 class BatchQueue:
     """Batches of cells, each handed out once, in order, to whichever of several threads
     asks next (iterating it takes one after another); ``close`` hands out no more."""

@@ -194,14 +194,15 @@ BATCHED_SUBMITIT = {"LocalLauncher": BatchedLocalLauncher, "SlurmLauncher": Batc
 def execute_cells(position: int, batch: list, payload: bytes):
     """Run a batch of cells in a joblib worker, as Hydra's joblib ``execute_job`` runs one
     (its job id, ``<job name>_<index>``), each through ``_core.run_job``; ``payload`` is the
-    launch's Hydra context, config, task function and Hydra state, pickled. Returns
+    launch's Hydra context, config, task function and Hydra state, pickled (unpickled once
+    per worker, ``_core.unpickled``: the cells of its later batches go on from the state
+    the earlier ones left, as in a process that runs them all). Returns
     ``(position, returns)``, the batch's place among the launch's batches travelling with
     its results, which may come back in any order."""
-    import cloudpickle
     from hydra.core.singleton import Singleton
     from hydra.core.utils import setup_globals
 
-    hydra_context, config, task_function, singleton_state = cloudpickle.loads(payload)
+    hydra_context, config, task_function, singleton_state = _core.unpickled(payload)
     setup_globals()
     Singleton.set_state(singleton_state)
     _core.freeze_worker()
