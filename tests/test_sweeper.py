@@ -553,6 +553,10 @@ def worker_pid_and_freeze(position, batch, payload):
 
     if payload == b"raise":
         raise RuntimeError("a batch that raises")
+    if payload == b"sleep":
+        import time
+
+        time.sleep(60)
     return position, [(os.getpid(), gc.get_freeze_count(), cell) for cell in batch]
 
 
@@ -618,6 +622,22 @@ def test_a_workers_failure_is_raised_once_the_feed_is_joined():
         feed.join()
     assert list(queue) == [(1, ["b"]), (2, ["c"])]
     feed.stop()
+
+
+def test_a_batch_past_joblibs_timeout_stops_the_sweep_with_its_error():
+    """``hydra.launcher.timeout``: seconds a batch may take, as joblib's per task; one
+    that takes longer raises joblib's ``TimeoutError`` (the sleeping worker is killed)."""
+    with hydra_context():
+        overrides = ["hydra/launcher=joblib", "hydra.launcher.n_jobs=2", "hydra.launcher.timeout=1"]
+        cfg = precheck.compose("config", overrides, return_hydra_config=True)
+    queue = _core.BatchQueue([["a"]])
+    feed = _core.WorkerFeed(cfg.hydra.launcher, queue, worker_pid_and_freeze, b"sleep",
+                            lambda *a: None)  # fmt: skip
+    with pytest.raises(TimeoutError):
+        feed.join()
+    executor = feed.executor
+    feed.stop(kill=True)
+    assert executor_ended(executor)
 
 
 def test_under_joblib_with_one_job_no_worker_is_started(tmp_path):

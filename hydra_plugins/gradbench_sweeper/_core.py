@@ -346,12 +346,12 @@ class StartedWorkers:
         finally:
             self.ready = True
 
-    def stop(self) -> None:
+    def stop(self, kill: bool = False) -> None:
         """End the workers: at once where they were never waited for (the sweep did not
-        run them), else once idle. Stopping again does nothing."""
+        run them) or ``kill``, else once idle. Stopping again does nothing."""
         if not self.stopped:
             self.stopped = True
-            stop_workers(self.executor, kill=not self.ready)
+            stop_workers(self.executor, kill=kill or not self.ready)
 
 
 _UNPICKLED: dict[bytes, Any] = {}
@@ -431,16 +431,18 @@ class WorkerFeed:
 
     def join(self) -> None:
         """Wait for the workers' last batches; raise the first error a worker's batch
-        raised (a worker that died, a batch past ``timeout``)."""
+        raised (a worker that died, a batch past ``timeout``), the workers killed first:
+        one may still be running a batch no one waits for."""
         for thread in self.threads:
             thread.join()
         if self.errors:
+            self.stop(kill=True)
             raise self.errors[0]
 
     def stop(self, kill: bool = False) -> None:
-        """End the workers (``stop_workers``)."""
+        """End the workers (``stop_workers``): once idle, or ``kill``: where they are."""
         if self.started:
-            self.started.stop()
+            self.started.stop(kill)
         else:
             stop_workers(self.executor, kill)
 

@@ -100,13 +100,14 @@ class BatchedJoblibLauncher(JoblibLauncher):
     feed = None
     progress = None
 
-    def stop_workers(self) -> None:
+    def stop_workers(self, kill: bool = False) -> None:
         """End the sweep's workers, if any were started: idle ones would keep the command
-        waiting at its exit."""
+        waiting at its exit. ``kill``: where they are (the sweep stopped on an error, or
+        was interrupted)."""
         if self.feed is not None:
-            self.feed.stop()
+            self.feed.stop(kill)
         elif self.started:
-            self.started.stop()
+            self.started.stop(kill)
 
     def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int):
         import threading
@@ -282,6 +283,7 @@ class GradbenchSweeper(BasicSweeper):
         for log in quiet:
             log.setLevel(logging.WARNING)
         returns: List[Sequence[JobReturn]] = []  # noqa: UP006
+        ended = False  # without an error
         try:
             for batch in self._batches(todo):
                 try:
@@ -298,12 +300,13 @@ class GradbenchSweeper(BasicSweeper):
                 if not joblib:
                     progress.update(ran=len(results), failed=_core.count_failed(results))
                 returns.append(results)
+            ended = True
         finally:
             for log, level in zip(quiet, levels, strict=True):
                 log.setLevel(level)
             progress.close()
             if joblib:
-                self.launcher.stop_workers()
+                self.launcher.stop_workers(kill=not ended)
         self.overrides = [cells]
         self.batch_index = 1
         return returns
