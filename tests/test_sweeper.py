@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import io
 import os
+import re
 import shutil
 import sys
 
@@ -671,3 +672,31 @@ def test_a_joblib_sweep_ends_its_workers_when_it_ends(tmp_path):
     assert sweep(tmp_path, "hydra/launcher=joblib", "estimator=reinforce,reparam") == 0
     assert len(list(tmp_path.glob(f"*/{RECORDS}"))) == 2
     assert executor_ended(reusable_executor._executor)
+
+
+def test_each_cell_logs_to_its_own_file_and_hydras_logging_is_back_between_cells(
+    tmp_path, monkeypatch
+):
+    """Under the basic launcher a cell's log lines go to its own ``run.log`` (Hydra's job
+    logging), and each cell starts from Hydra's own logging (set up once, set back after
+    every cell): no cell's file handler is left for the next, or for the sweep after."""
+    import logging
+
+    real = run.run_cell
+    seen = []
+
+    def logging_cell(cfg, estimator_name, objective_name):
+        root = logging.getLogger()
+        seen.append([h.baseFilename for h in root.handlers if hasattr(h, "baseFilename")])
+        logging.getLogger("gradbench.test").info("measuring %s", estimator_name)
+        return real(cfg, estimator_name, objective_name)
+
+    monkeypatch.setattr(run, "run_cell", logging_cell)
+    assert sweep(tmp_path, "estimator=reinforce,reparam,reinforce_loo") == 0
+    for name in ["reinforce", "reparam", "reinforce_loo"]:
+        log = (tmp_path / f"estimator={name}" / "run.log").read_text()
+        assert re.findall(r"measuring (\w+)$", log, re.M) == [name]
+    assert [len(files) for files in seen] == [1, 1, 1]  # only the cell's own file
+    assert len({files[0] for files in seen}) == 3
+    after = logging.getLogger().handlers
+    assert not [h for h in after if str(tmp_path) in getattr(h, "baseFilename", "")]

@@ -72,13 +72,19 @@ ConfigStore.instance().store(
 
 class InProcessLauncher(BasicLauncher):
     """Hydra's basic launcher (``hydra/launcher=basic``), each cell run by ``_core.run_job``:
-    Hydra's job step without its copies of the config."""
+    Hydra's job step without its copies of the config. The sweeper launches one cell at a
+    time, so Hydra's logging, which every launch sets up and every cell sets back, is set
+    up by the first launch only: after that each cell's end has set it back."""
+
+    logging_set = False
 
     def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int):
         from hydra.core.utils import configure_log, setup_globals
 
         setup_globals()
-        configure_log(self.config.hydra.hydra_logging, self.config.hydra.verbose)
+        if not self.logging_set:
+            configure_log(self.config.hydra.hydra_logging, self.config.hydra.verbose)
+            self.logging_set = True
         Path(str(self.config.hydra.sweep.dir)).mkdir(parents=True, exist_ok=True)
         runs = []
         for idx, overrides in enumerate(job_overrides, start=initial_job_idx):
