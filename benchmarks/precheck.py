@@ -49,7 +49,7 @@ from benchmarks.errors import ConfigError, UsageError
 from benchmarks.finished import config_dir_of, inputs_digest
 from benchmarks.schema import RESULT_NEUTRAL_KEYS, cell_dirname, config_hash, hydra_context
 from benchmarks.storage import RECORDS, records_complete, write_atomic
-from hydra_plugins.gradbench_sweeper._compose import Snapshot
+from hydra_plugins.gradbench_sweeper._compose import Snapshot, parsed_files, take_parsed_files
 from hydra_plugins.gradbench_sweeper._core import (
     CELL_SUBDIR,
     JOBLIB_TARGET,
@@ -420,6 +420,7 @@ def check_run(
             if made is not None:
                 fixed, axes = made.fixed, made.axes
                 warnings_again(made.warnings)
+                take_parsed_files(made.parsed)  # for Hydra's own compositions at its start
             else:
                 fixed, axes = sweep_axes(overrides, config_name)
             cells = math.prod(len(values) for values in axes.values())
@@ -497,6 +498,7 @@ class Compositions:
     cells: dict[tuple[str, ...], DictConfig]  # by ``structural_lines``, as ``compose`` gives
     full: dict[tuple[str, ...], DictConfig]  # ``SharedCompositions.full``
     warnings: list[tuple[str, type]] = field(default_factory=list)  # what composing warned
+    parsed: dict = field(default_factory=dict)  # ``_compose.parsed_files``
 
 
 def compose_all(overrides: list[str], flags: dict[str, str], multirun: bool) -> Compositions:
@@ -520,7 +522,7 @@ def compose_all(overrides: list[str], flags: dict[str, str], multirun: bool) -> 
                 made[structural] = make(structural)
     full = shared.full if shared else {}
     said = [(str(w.message), w.category) for w in warned]
-    return Compositions(inputs, fixed, axes, first, made, full, said)
+    return Compositions(inputs, fixed, axes, first, made, full, said, parsed_files())
 
 
 def warnings_again(said: Sequence[tuple[str, type]]) -> None:

@@ -157,11 +157,21 @@ overrides = json.loads(sys.argv[1])
 ahead = precheck.ComposedAhead(overrides, {}, True)
 forked = ahead.process is not None
 made = ahead.result()
+from benchmarks.schema import hydra_context
+from hydra_plugins.gradbench_sweeper import _compose
+before = len(_compose._LOADS)  # nothing parsed yet in this process
+_compose.take_parsed_files(made.parsed)
+taken = len(_compose._LOADS)
+with hydra_context():
+    first = next(precheck.cells_to_check(made.fixed, made.axes))
+    precheck.compose("config", overrides=first, return_hydra_config=True)
+parsed = [before, taken, len(_compose._LOADS),
+          all(open(path, "rb").read() == data for path, data in made.parsed)]
 bad = precheck.ComposedAhead(["estimator=no_such_estimator"], {}, True)
 bad_forked, bad_made = bad.process is not None, bad.result()
 import torch  # noqa: F401
 print(json.dumps({
-    "forked": forked, "bad": [bad_forked, bad_made is None],
+    "forked": forked, "bad": [bad_forked, bad_made is None], "parsed": parsed,
     "after_torch": precheck.ComposedAhead(overrides, {}, True).process is not None,
     "cells": {"\\n".join(k): OmegaConf.to_yaml(v) for k, v in made.cells.items()},
     "full": {"\\n".join(k): OmegaConf.to_yaml(v) for k, v in made.full.items()},
@@ -182,6 +192,10 @@ def test_composed_ahead_forks_before_torch_and_hands_back_compose_all(tmp_path):
         assert not got["forked"]
         return
     assert got["forked"] and got["bad"] == [True, True] and not got["after_torch"]
+    # The files the forked process parsed, taken here: composing the first cell parses
+    # none of them again (each is its path and bytes, the same as on disk).
+    before, taken, after, same_bytes = got["parsed"]
+    assert before == 0 and taken > 0 and after == taken and same_bytes
     made = precheck.compose_all(overrides, {}, True)
     assert got["cells"] == {"\n".join(k): OmegaConf.to_yaml(v) for k, v in made.cells.items()}
     assert set(got["full"]) == {"\n".join(k) for k in made.full}

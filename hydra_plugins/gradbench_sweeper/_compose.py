@@ -154,6 +154,18 @@ def load_config(self: ConfigRepository, config_path: str):
     return result
 
 
+def parsed_files() -> dict[tuple, Any]:
+    """The config files parsed so far in this process (by path and bytes), for another
+    process composing from the same files (``take_parsed_files``)."""
+    return dict(_LOADS)
+
+
+def take_parsed_files(files: dict[tuple, Any]) -> None:
+    """Take files another process parsed (``parsed_files``): each is keyed by its bytes, so it
+    stands for the file only where the file here is the same."""
+    _LOADS.update(files)
+
+
 class _Private:
     """A config repository that hands out one result of its own for one path."""
 
