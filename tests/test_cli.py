@@ -1,5 +1,8 @@
 """The command line: a run, a sweep into a temporary folder, `list`, and bad input."""
 
+import subprocess
+import sys
+
 import pandas as pd
 import pytest
 
@@ -267,17 +270,57 @@ def test_report_and_compare_do_not_load_torch_or_hydra():
     assert out.stdout.strip() == "[]", out.stderr
 
 
+EXIT_SCRIPT = """
+import atexit, sys, threading, time
+from benchmarks.cli import exit_now
+atexit.register(lambda: print("atexit ran", file=sys.stderr))
+print("x" * 100000)  # left in stdout's buffer
+if sys.argv[1] == "thread":
+    threading.Thread(target=lambda: (time.sleep(0.5), print("thread done"))).start()
+exit_now(3)
+print("not reached")
+"""
+
+
+@pytest.mark.parametrize("thread", [False, True], ids=["alone", "with a thread running"])
+def test_exit_now_runs_atexit_flushes_and_waits_for_a_running_thread(tmp_path, thread):
+    """``exit_now`` skips the interpreter's teardown, not what an exit owes: the code, the
+    ``atexit`` handlers, whatever is left in stdout's buffer (here piped to a file), and a
+    thread still running, which it waits for (by exiting the usual way)."""
+    out = subprocess.run([sys.executable, "-c", EXIT_SCRIPT, "thread" if thread else "alone"],
+                         capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert out.returncode == 3
+    assert out.stdout.startswith("x" * 100000 + "\n") and "not reached" not in out.stdout
+    assert ("thread done" in out.stdout) is thread
+    assert "atexit ran" in out.stderr
+
+
+def test_a_reader_that_goes_away_ends_the_console_script_quietly():
+    """``gradbench list | head -1``: the reader closes the pipe before the table is
+    written; the command ends with exit code 1 and nothing on stderr (no traceback)."""
+    from pathlib import Path
+
+    gradbench = Path(sys.executable).with_name("gradbench")
+    with subprocess.Popen(
+        [gradbench, "list"], stdout=subprocess.PIPE, stderr=subprocess.PIPE
+    ) as proc:
+        proc.stdout.close()  # before the command has written anything
+        err = proc.stderr.read()
+        assert proc.wait(timeout=120) == 1 and err == b""
+
+
 def test_the_console_script_runs_main_and_freezes_the_collector_for_a_quick_exit(monkeypatch):
-    """``gradbench`` (pyproject's entry point) is ``command``: ``main``'s exit code, with the
-    objects frozen so that the interpreter's collections at exit skip them, also when
-    ``main`` raises; only inside it does ``run`` freeze what it imported."""
+    """``gradbench`` (pyproject's entry point) is ``console``: ``command``, then
+    ``exit_now``. ``command`` gives ``main``'s exit code, with the objects frozen so that
+    the interpreter's collections at exit skip them, also when ``main`` raises; only inside
+    it does ``run`` freeze what it imported."""
     import gc
     from pathlib import Path
 
     from benchmarks import cli
 
     pyproject = (Path(__file__).parents[1] / "pyproject.toml").read_text()
-    assert '\n[project.scripts]\ngradbench = "benchmarks.cli:command"\n' in pyproject
+    assert '\n[project.scripts]\ngradbench = "benchmarks.cli:console"\n' in pyproject
     seen = []
     monkeypatch.setattr(cli, "main", lambda: seen.append(cli._whole_process) or 3)
     try:
