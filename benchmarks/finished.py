@@ -33,25 +33,33 @@ INSTALLED_CONF = Path(benchmarks.__file__).resolve().parent / "conf"
 ENTRY_POINT_GROUP = "gradbench.estimators"
 # Flags of Hydra's own command line that take a value.
 VALUE_FLAGS = {"--config-name", "-cn", "--config-dir", "-cd", "--config-path", "-cp",
-               "--cfg", "-c", "--package", "-p", "--info", "-i",
-               "--experimental-rerun"}  # fmt: skip
+               "--cfg", "-c", "--package", "-p", "--experimental-rerun"}  # fmt: skip
+# Flags whose value may be left out, with the values they take (Hydra's ``--info``).
+INFO_VALUES = ("all", "config", "defaults", "defaults-tree", "plugins", "searchpath")
+OPTIONAL_VALUE_FLAGS = {"--info": INFO_VALUES, "-i": INFO_VALUES}
 
 
 def split_args(args: Sequence[str]) -> tuple[list[str], dict[str, str], bool]:
     """Split ``gradbench run`` arguments into (overrides, Hydra flags with values, multirun).
 
     A flag's value may follow it (``--config-dir DIR``) or be joined to it with ``=``
-    (``--config-dir=DIR``), as Hydra's own argument parser accepts.
+    (``--config-dir=DIR``), as Hydra's own argument parser accepts; ``--info`` takes the
+    next argument only where it is one of its values (``--info plugins``, not
+    ``--info n_samples=3``).
     """
     overrides, flags, multirun = [], {}, False
-    it = iter(args)
-    for arg in it:
+    rest = list(args)
+    while rest:
+        arg = rest.pop(0)
         name, joined, value = arg.partition("=")
         if arg in ("-m", "--multirun"):
             multirun = True
         elif arg in VALUE_FLAGS:
-            flags[arg] = next(it, "")
-        elif joined and name in VALUE_FLAGS:
+            flags[arg] = rest.pop(0) if rest else ""
+        elif arg in OPTIONAL_VALUE_FLAGS:
+            takes = rest and rest[0] in OPTIONAL_VALUE_FLAGS[arg]
+            flags[arg] = rest.pop(0) if takes else ""
+        elif joined and name in (*VALUE_FLAGS, *OPTIONAL_VALUE_FLAGS):
             flags[name] = value
         elif arg.startswith("-"):
             flags[arg] = ""

@@ -95,6 +95,23 @@ def test_hydras_cfg_flag_prints_the_config_and_runs_nothing(tmp_path, capsys, mo
     assert not (tmp_path / "results").exists()
 
 
+def test_hydras_info_flag_takes_a_value_only_where_it_is_one_of_its_own(
+    tmp_path, capsys, monkeypatch
+):
+    """``--info`` alone (all), or with one of Hydra's values; an override after it stays an
+    override, which Hydra's info then shows."""
+    from benchmarks.finished import split_args
+
+    assert split_args(["--info", "n_samples=3"]) == (["n_samples=3"], {"--info": ""}, False)
+    assert split_args(["-i", "defaults", "-m"]) == ([], {"-i": "defaults"}, True)
+    assert split_args(["--info=plugins"]) == ([], {"--info": "plugins"}, False)
+    monkeypatch.chdir(tmp_path)
+    assert main(["run", "--info", "defaults", "estimator=reparam"]) == 0
+    out = capsys.readouterr().out
+    assert "Defaults List" in out and "estimator/reparam" in out
+    assert not (tmp_path / "results").exists()
+
+
 def test_named_preset_runs_with_plus_or_without(tmp_path, capsys):
     # A tiny preset from a user config dir, run both ways the README shows.
     presets = tmp_path / "conf" / "sweep"
