@@ -667,11 +667,18 @@ def test_a_joblib_sweep_refused_by_the_check_ends_its_started_workers(tmp_path, 
 
 
 def test_a_joblib_sweep_ends_its_workers_when_it_ends(tmp_path):
+    """When a joblib sweep ends its workers end, and Hydra's logging is set back: no file
+    handler is left of a cell this process ran (each cell logs to its own ``run.log``)."""
+    import logging
+
     from joblib.externals.loky import reusable_executor
 
     assert sweep(tmp_path, "hydra/launcher=joblib", "estimator=reinforce,reparam") == 0
     assert len(list(tmp_path.glob(f"*/{RECORDS}"))) == 2
+    assert len(list(tmp_path.glob("*/run.log"))) == 2
     assert executor_ended(reusable_executor._executor)
+    after = logging.getLogger().handlers
+    assert not [h for h in after if str(tmp_path) in getattr(h, "baseFilename", "")]
 
 
 def test_each_cell_logs_to_its_own_file_and_hydras_logging_is_back_between_cells(

@@ -272,8 +272,8 @@ def worker_count(launcher: Any) -> int:
     return cpu_workers(launcher.get("n_jobs")) - 1
 
 
-# Thread-count variables a worker starts with, as joblib's loky backend sets them: the
-# machine's CPUs shared out between the cells run at once.
+# Thread-count variables a worker starts with (joblib's loky backend sets these and a few
+# more): the machine's CPUs shared out between the cells run at once.
 THREAD_VARIABLES = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
 # Seconds an idle worker waits for work before it ends, as joblib's loky backend has it.
 IDLE_WORKER_S = 300
@@ -414,7 +414,7 @@ class WorkerFeed:
                 args=(queue, run, payload, returned, timeout),
                 name=f"gradbench-joblib-{i}",
                 daemon=True,
-            )  # fmt: skip
+            )
             for i in range(worker_count(launcher))
         ]
         for thread in self.threads:
@@ -495,6 +495,18 @@ def launch_cell(
         cfg.hydra.job.id = job_id
         cfg.hydra.job.num = idx
     return run_job(task_function, cfg, hydra_context)
+
+
+def launch_batch(
+    hydra_context: Any, master: DictConfig, task_function: Any, batch: Sequence[tuple]
+) -> list[JobReturn]:
+    """Run a batch of ``(index, overrides)`` cells one after another (``launch_cell``),
+    each with the job id Hydra's joblib launcher gives it, ``<job name>_<index>``."""
+    name = master.hydra.job.name
+    return [
+        launch_cell(hydra_context, master, task_function, overrides, idx, f"{name}_{idx}")
+        for idx, overrides in batch
+    ]
 
 
 def without_hydra(config: DictConfig) -> DictConfig:

@@ -21,6 +21,7 @@ of a preset, the command line winning). What it does differently:
 # No ``from __future__ import annotations``: Hydra's plugin scan runs this module before it is
 # in sys.modules, where dataclasses cannot resolve string annotations.
 import logging
+import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -116,8 +117,6 @@ class BatchedJoblibLauncher(JoblibLauncher):
             self.started.stop(kill)
 
     def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int):
-        import threading
-
         import cloudpickle
         from hydra.core.singleton import Singleton
         from hydra.core.utils import configure_log, setup_globals
@@ -144,18 +143,14 @@ class BatchedJoblibLauncher(JoblibLauncher):
             feed = self.feed = _core.WorkerFeed(self.joblib, queue, execute_cells,
                                                 cloudpickle.dumps(state), returned,
                                                 self.started)  # fmt: skip
-        name = self.config.hydra.job.name
         try:
             for position, batch in queue:
-                returns = []
-                for idx, overrides in batch:
-                    returns.append(_core.launch_cell(self.hydra_context, self.config,
-                                                     self.task_function, overrides, idx,
-                                                     f"{name}_{idx}"))  # fmt: skip
-                    configure_log(self.config.hydra.hydra_logging, self.config.hydra.verbose)
-                returned(position, returns)
+                returned(position, _core.launch_batch(self.hydra_context, self.config,
+                                                      self.task_function, batch))  # fmt: skip
         finally:
             queue.close()  # on an error here, the workers take no more
+            # Hydra's logging back, where the cells here left the last one's.
+            configure_log(self.config.hydra.hydra_logging, self.config.hydra.verbose)
         if feed is not None:
             feed.join()
         return [ret for batch in runs for ret in batch]
@@ -213,11 +208,7 @@ def execute_cells(position: int, batch: list, payload: bytes):
     setup_globals()
     Singleton.set_state(singleton_state)
     _core.freeze_worker()
-    name = config.hydra.job.name
-    return position, [
-        _core.launch_cell(hydra_context, config, task_function, overrides, idx, f"{name}_{idx}")
-        for idx, overrides in batch
-    ]
+    return position, _core.launch_batch(hydra_context, config, task_function, batch)
 
 
 class GradbenchSweeper(BasicSweeper):
