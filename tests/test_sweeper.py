@@ -667,13 +667,21 @@ def test_a_joblib_sweep_refused_by_the_check_ends_its_started_workers(tmp_path, 
 
 
 def test_a_joblib_sweep_ends_its_workers_when_it_ends(tmp_path):
-    """When a joblib sweep ends its workers end, and Hydra's logging is set back: no file
-    handler is left of a cell this process ran (each cell logs to its own ``run.log``)."""
+    """When a joblib sweep ends its workers end, and what the cells this process ran set
+    is set back: torch's threads, and Hydra's logging (no cell's file handler is left; each
+    cell logs to its own ``run.log``)."""
     import logging
 
+    import torch
     from joblib.externals.loky import reusable_executor
 
-    assert sweep(tmp_path, "hydra/launcher=joblib", "estimator=reinforce,reparam") == 0
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)  # the cells here set 1 (two cells at once on 2 CPUs) or more
+    try:
+        assert sweep(tmp_path, "hydra/launcher=joblib", "estimator=reinforce,reparam") == 0
+        assert torch.get_num_threads() == 2  # as the sweep found it
+    finally:
+        torch.set_num_threads(threads)
     assert len(list(tmp_path.glob(f"*/{RECORDS}"))) == 2
     assert len(list(tmp_path.glob("*/run.log"))) == 2
     assert executor_ended(reusable_executor._executor)

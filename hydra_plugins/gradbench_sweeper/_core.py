@@ -497,6 +497,18 @@ def launch_cell(
     return run_job(task_function, cfg, hydra_context)
 
 
+def torch_threads(threads: int | None = None) -> int | None:
+    """torch's intra-op thread count (None where torch is not loaded), set to ``threads``
+    first if given: a cell under joblib sets its share of the CPUs, which this process
+    gives back once its cells are done."""
+    torch = sys.modules.get("torch")
+    if torch is None:
+        return None
+    if threads is not None:
+        torch.set_num_threads(threads)
+    return torch.get_num_threads()
+
+
 def launch_batch(
     hydra_context: Any, master: DictConfig, task_function: Any, batch: Sequence[tuple]
 ) -> list[JobReturn]:

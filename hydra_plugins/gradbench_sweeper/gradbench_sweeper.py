@@ -143,14 +143,16 @@ class BatchedJoblibLauncher(JoblibLauncher):
             feed = self.feed = _core.WorkerFeed(self.joblib, queue, execute_cells,
                                                 cloudpickle.dumps(state), returned,
                                                 self.started)  # fmt: skip
+        threads = _core.torch_threads()
         try:
             for position, batch in queue:
                 returned(position, _core.launch_batch(self.hydra_context, self.config,
                                                       self.task_function, batch))  # fmt: skip
         finally:
             queue.close()  # on an error here, the workers take no more
-            # Hydra's logging back, where the cells here left the last one's.
+            # Hydra's logging and torch's threads back, as the cells here found them.
             configure_log(self.config.hydra.hydra_logging, self.config.hydra.verbose)
+            _core.torch_threads(threads)
         if feed is not None:
             feed.join()
         return [ret for batch in runs for ret in batch]
