@@ -11,6 +11,10 @@
                          may need (torch, pandas, matplotlib, seaborn and benchmarks)
     harness report many  the report of ``MANY_CELLS`` cells copied from the sweep's own
                          (``many_cells``); the same limit
+    harness joblib       ``gradbench run sweep=toy_scale`` (100 cells) under
+                         ``hydra/launcher=joblib`` and under ``hydra/launcher=basic``, in
+                         turns, each in a fresh folder; its limit is the basic launcher's
+                         time, and the target is joblib faster
     harness start        the limits' parts: ``python -c "import torch, benchmarks"`` (one
                          process start) and ``python -c "import torch, pandas, matplotlib,
                          seaborn, benchmarks"``
@@ -49,6 +53,9 @@ SWEEP = ["+sweep=toy_variance"]
 # bench-quick: the same preset cut to 4 cells (command-line values replace the preset's lists).
 QUICK_SWEEP = [*SWEEP, "objective=gaussian_quadratic", "estimator=reinforce,reparam",
                "n_samples=1,10"]  # fmt: skip
+SCALE = ["sweep=toy_scale"]
+QUICK_SCALE = [*SCALE, "objective=gaussian_quadratic", "estimator=reinforce,reparam",
+               "n_samples=1,10"]  # fmt: skip
 MANY_CELLS = 5000
 QUICK_MANY_CELLS = 120
 START = ["-c", "import torch, benchmarks"]
@@ -83,6 +90,8 @@ class Timings:
              f"imports {imports:.2f}"),
             (f"report, {self.many} cells", self.best("report_many"), imports, "< 30 s",
              f"imports {imports:.2f}"),
+            (f"joblib, {4 if self.quick else 100} cells" + (" (quick)" if self.quick else ""),
+             self.best("joblib"), self.best("basic"), "< 1", "the basic launcher's time"),
         ]  # fmt: skip
 
 
@@ -236,3 +245,17 @@ def test_report_of_many_cells(benchmark, timings, work):
     call = timed(timings, "report_many", [str(BIN / "gradbench"), "report", str(many)], work)
     benchmark.pedantic(call, rounds=1, iterations=1)
     benchmark.extra_info.update(cells=timings.many)
+
+
+def test_joblib_against_basic(benchmark, timings, work):
+    benchmark.group = "harness joblib"
+    overrides = QUICK_SCALE if timings.quick else SCALE
+    folders = iter(work / f"scale-{i}" for i in range(100))
+
+    def in_turns():  # the VM's speed drifts: each launcher beside the other
+        for launcher in ("joblib", "basic"):
+            command = [str(BIN / "gradbench"), "run", *overrides, f"hydra/launcher={launcher}",
+                       f"hydra.sweep.dir={next(folders)}"]  # fmt: skip
+            timed(timings, launcher, command, work)()
+
+    benchmark.pedantic(in_turns, rounds=1 if timings.quick else 2, iterations=1)
