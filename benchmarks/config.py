@@ -45,6 +45,18 @@ def available_cpus() -> int:
     return os.cpu_count() or 1
 
 
+def joblib_jobs(n_jobs: int | None) -> int:
+    """The jobs joblib runs at once for its ``n_jobs`` (negative: CPUs + 1 + n_jobs)."""
+    n = int(n_jobs or -1)
+    return n if n > 0 else max(1, available_cpus() + 1 + n)
+
+
+def joblib_threads(n_jobs: int | None) -> int:
+    """torch threads per job under joblib: the CPUs shared out between its jobs at once."""
+    cpus = available_cpus()
+    return max(1, cpus // min(joblib_jobs(n_jobs), cpus))
+
+
 def launcher_threads(launcher: DictConfig | None) -> int | None:
     """torch threads per job when ``threads`` is not set, from the launcher's settings.
 
@@ -56,10 +68,7 @@ def launcher_threads(launcher: DictConfig | None) -> int | None:
         return None
     target = str(launcher.get("_target_", ""))
     if target.endswith("JoblibLauncher"):
-        cpus = available_cpus()
-        n_jobs = int(launcher.get("n_jobs") or -1)
-        workers = n_jobs if n_jobs > 0 else max(1, cpus + 1 + n_jobs)
-        return max(1, cpus // min(workers, cpus))
+        return joblib_threads(launcher.get("n_jobs"))
     if "hydra_submitit_launcher" in target:
         return int(launcher.get("cpus_per_task") or 1)
     return None

@@ -25,6 +25,7 @@ from omegaconf import OmegaConf, open_dict
 
 from benchmarks import precheck, run
 from benchmarks.cli import main
+from benchmarks.config import joblib_jobs
 from benchmarks.schema import hydra_context
 from benchmarks.storage import RECORDS
 from hydra_plugins.gradbench_sweeper import _compose, _core
@@ -208,7 +209,7 @@ def test_under_joblib_progress_moves_as_each_batch_returns(tmp_path, monkeypatch
     grid = ["estimator=reinforce,reparam", "n_samples=1,3"]
     assert sweep(tmp_path, "hydra/launcher=joblib", *grid) == 0
     err = stream.getvalue()
-    batches = min(4, _core.cpu_workers(-1) * plugin.BATCHES_PER_JOB)
+    batches = min(4, joblib_jobs(-1) * plugin.BATCHES_PER_JOB)
     assert err.count("\r") == batches and "cells 4/4: 0 kept, 0 failed" in err
     assert "4 cells: 4 ok" in capsys.readouterr().out
     for folder in tmp_path.glob(f"*/{RECORDS}"):
@@ -548,6 +549,15 @@ def executor_ended(executor, seconds: float = 60) -> bool:
     return False
 
 
+def joblib_launcher(*overrides: str):
+    """The ``hydra/launcher=joblib`` node as a sweep composes it, with ``overrides``."""
+    with hydra_context():
+        cfg = precheck.compose(
+            "config", ["hydra/launcher=joblib", *overrides], return_hydra_config=True
+        )
+    return cfg.hydra.launcher
+
+
 def worker_pid_and_freeze(position, batch, payload):
     """A batch's run in a worker for the tests below: who ran it, and the worker's state."""
     import gc
@@ -566,10 +576,7 @@ def test_started_workers_are_the_ones_the_launcher_uses_with_their_collector_fro
     and one worker) is the pool the launcher feeds (``WorkerFeed``): every batch it gives
     it runs once, there (not in this process), after its imports, its collector frozen;
     stopping ends it."""
-    with hydra_context():
-        cfg = precheck.compose("config", ["hydra/launcher=joblib", "hydra.launcher.n_jobs=2"],
-                               return_hydra_config=True)  # fmt: skip
-    launcher = cfg.hydra.launcher
+    launcher = joblib_launcher("hydra.launcher.n_jobs=2")
     started = _core.StartedWorkers(launcher, ["benchmarks.run"])
     assert _core.worker_count(launcher) == 1 and _core.worker_pool(launcher) is started.executor
     queue = _core.BatchQueue([["a", "b"], ["c"], ["d"], ["e", "f"]])
@@ -613,11 +620,9 @@ def test_a_workers_launch_state_is_unpickled_once_per_launch():
 def test_a_workers_failure_is_raised_once_the_feed_is_joined():
     """A batch that raises in a worker stops that worker's feed, and ``join`` raises it;
     the batches it did not take stay in the queue, for this process to take."""
-    with hydra_context():
-        cfg = precheck.compose("config", ["hydra/launcher=joblib", "hydra.launcher.n_jobs=2"],
-                               return_hydra_config=True)  # fmt: skip
+    launcher = joblib_launcher("hydra.launcher.n_jobs=2")
     queue = _core.BatchQueue([["a"], ["b"], ["c"]])
-    feed = _core.WorkerFeed(cfg.hydra.launcher, queue, worker_pid_and_freeze, b"raise",
+    feed = _core.WorkerFeed(launcher, queue, worker_pid_and_freeze, b"raise",
                             lambda *a: None)  # fmt: skip
     with pytest.raises(RuntimeError, match="a batch that raises"):
         feed.join()
@@ -628,11 +633,9 @@ def test_a_workers_failure_is_raised_once_the_feed_is_joined():
 def test_a_batch_past_joblibs_timeout_stops_the_sweep_with_its_error():
     """``hydra.launcher.timeout``: seconds a batch may take, as joblib's per task; one
     that takes longer raises joblib's ``TimeoutError`` (the sleeping worker is killed)."""
-    with hydra_context():
-        overrides = ["hydra/launcher=joblib", "hydra.launcher.n_jobs=2", "hydra.launcher.timeout=1"]
-        cfg = precheck.compose("config", overrides, return_hydra_config=True)
+    launcher = joblib_launcher("hydra.launcher.n_jobs=2", "hydra.launcher.timeout=1")
     queue = _core.BatchQueue([["a"]])
-    feed = _core.WorkerFeed(cfg.hydra.launcher, queue, worker_pid_and_freeze, b"sleep",
+    feed = _core.WorkerFeed(launcher, queue, worker_pid_and_freeze, b"sleep",
                             lambda *a: None)  # fmt: skip
     with pytest.raises(TimeoutError):
         feed.join()

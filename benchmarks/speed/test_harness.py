@@ -50,12 +50,9 @@ from benchmarks.storage import RECORDS
 
 BIN = Path(sys.executable).parent
 SWEEP = ["+sweep=toy_variance"]
-# bench-quick: the same preset cut to 4 cells (command-line values replace the preset's lists).
-QUICK_SWEEP = [*SWEEP, "objective=gaussian_quadratic", "estimator=reinforce,reparam",
-               "n_samples=1,10"]  # fmt: skip
 SCALE = ["sweep=toy_scale"]
-QUICK_SCALE = [*SCALE, "objective=gaussian_quadratic", "estimator=reinforce,reparam",
-               "n_samples=1,10"]  # fmt: skip
+# bench-quick: a preset cut to 4 cells (command-line values replace the preset's lists).
+QUICK_CELLS = ["objective=gaussian_quadratic", "estimator=reinforce,reparam", "n_samples=1,10"]
 MANY_CELLS = 5000
 QUICK_MANY_CELLS = 120
 START = ["-c", "import torch, benchmarks"]
@@ -144,8 +141,8 @@ def timed(timings: Timings, name: str, args: list[str], cwd: Path):
     return call
 
 
-def sweep_command(timings: Timings, folder: Path) -> list[str]:
-    overrides = QUICK_SWEEP if timings.quick else SWEEP
+def sweep_command(timings: Timings, folder: Path, preset: list[str] = SWEEP) -> list[str]:
+    overrides = [*preset, *QUICK_CELLS] if timings.quick else preset
     return [str(BIN / "gradbench"), "run", *overrides, f"hydra.sweep.dir={folder}"]
 
 
@@ -249,13 +246,11 @@ def test_report_of_many_cells(benchmark, timings, work):
 
 def test_joblib_against_basic(benchmark, timings, work):
     benchmark.group = "harness joblib"
-    overrides = QUICK_SCALE if timings.quick else SCALE
     folders = iter(work / f"scale-{i}" for i in range(100))
 
     def in_turns():  # the VM's speed drifts: each launcher beside the other
         for launcher in ("joblib", "basic"):
-            command = [str(BIN / "gradbench"), "run", *overrides, f"hydra/launcher={launcher}",
-                       f"hydra.sweep.dir={next(folders)}"]  # fmt: skip
-            timed(timings, launcher, command, work)()
+            command = sweep_command(timings, next(folders), SCALE)
+            timed(timings, launcher, [*command, f"hydra/launcher={launcher}"], work)()
 
     benchmark.pedantic(in_turns, rounds=1 if timings.quick else 2, iterations=1)

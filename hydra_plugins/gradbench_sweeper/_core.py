@@ -258,18 +258,13 @@ def uncompleted_line(exc: BaseException) -> str:
     )
 
 
-def cpu_workers(n_jobs: int | None) -> int:
-    """The cells joblib runs at once for ``n_jobs`` (negative: CPUs + 1 + n_jobs)."""
-    from benchmarks.config import available_cpus
-
-    n = int(n_jobs or -1)
-    return n if n > 0 else max(1, available_cpus() + 1 + n)
-
-
 def worker_count(launcher: Any) -> int:
     """The worker processes of a ``hydra/launcher=joblib`` sweep: one fewer than the cells
-    it runs at once, this process running cells too (``BatchedJoblibLauncher``)."""
-    return cpu_workers(launcher.get("n_jobs")) - 1
+    it runs at once (``benchmarks.config.joblib_jobs``), this process running cells too
+    (``BatchedJoblibLauncher``)."""
+    from benchmarks.config import joblib_jobs
+
+    return joblib_jobs(launcher.get("n_jobs")) - 1
 
 
 # Thread-count variables a worker starts with (joblib's loky backend sets these and a few
@@ -288,13 +283,12 @@ def worker_pool(launcher: Any):
     """
     from joblib.externals.loky import get_reusable_executor
 
-    from benchmarks.config import available_cpus
+    from benchmarks.config import joblib_threads
 
     count = worker_count(launcher)
     if count < 1:
         return None
-    threads = str(max(1, available_cpus() // (count + 1)))
-    env = dict.fromkeys(THREAD_VARIABLES, threads)
+    env = dict.fromkeys(THREAD_VARIABLES, str(joblib_threads(launcher.get("n_jobs"))))
     return get_reusable_executor(max_workers=count, timeout=IDLE_WORKER_S, env=env)
 
 

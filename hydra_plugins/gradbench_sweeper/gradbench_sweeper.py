@@ -121,11 +121,13 @@ class BatchedJoblibLauncher(JoblibLauncher):
         from hydra.core.singleton import Singleton
         from hydra.core.utils import configure_log, setup_globals
 
+        from benchmarks.config import joblib_jobs
+
         setup_globals()
         configure_log(self.config.hydra.hydra_logging, self.config.hydra.verbose)
         Path(str(self.config.hydra.sweep.dir)).mkdir(parents=True, exist_ok=True)
         indexed = [(initial_job_idx + i, list(o)) for i, o in enumerate(job_overrides)]
-        jobs = _core.cpu_workers(self.joblib.get("n_jobs"))
+        jobs = joblib_jobs(self.joblib.get("n_jobs"))
         batches = _core.chunks(indexed, jobs * BATCHES_PER_JOB)
         queue = _core.BatchQueue(batches)
         runs: List[list] = [[] for _ in batches]  # noqa: UP006
