@@ -423,7 +423,6 @@ def check_run(
                 take_parsed_files(made.parsed)  # for Hydra's own compositions at its start
             else:
                 fixed, axes = sweep_axes(overrides, config_name)
-            cells = math.prod(len(values) for values in axes.values())
             cache: dict = {}
             hashes = {}
             for i, cell in enumerate(cells_to_check(fixed, axes)):
@@ -461,7 +460,7 @@ def check_run(
     if plan.multirun:
         plan.hashes = hashes
         _planned["sweep"] = plan
-        if len(hashes) == cells:
+        if len(hashes) == plan.cells:
             write_plan(plan, inputs)
     return plan
 
