@@ -16,6 +16,7 @@ import os
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import argparse  # noqa: E402
+import contextlib  # noqa: E402
 import gc  # noqa: E402
 import sys  # noqa: E402
 import time  # noqa: E402
@@ -60,14 +61,14 @@ def cmd_run(args: Sequence[str]) -> int:
             print(f"\r\x1b[Kgradbench: {line}", file=sys.stderr)
         return 1 if summarise(folder, time.time()) else 0
 
-    from benchmarks.precheck import ComposedAhead, check_run, forget_plan, normalise_overrides
+    with heavy_imports():
+        from benchmarks.precheck import ComposedAhead, check_run, forget_plan, normalise_overrides
 
-    overrides = normalise_overrides(overrides)
-    # The check's compositions are made by a second process while this one imports torch.
-    ahead = None if info else ComposedAhead(overrides, flags, multirun)
-    from benchmarks import run
+        overrides = normalise_overrides(overrides)
+        # The check's compositions are made by a second process while this one imports torch.
+        ahead = None if info else ComposedAhead(overrides, flags, multirun)
+        from benchmarks import run
 
-    freeze_what_is_loaded()
     plan = None
     if not info:
         plan = check_run(overrides, flags, multirun, workers=True, ahead=ahead)
@@ -156,18 +157,29 @@ def cmd_compare(args: Sequence[str]) -> int:
 
 
 def cmd_report(args: Sequence[str]) -> int:
-    from benchmarks.report import main as report_main
+    with heavy_imports():
+        from benchmarks.report import main as report_main
 
-    freeze_what_is_loaded()
     return report_main(args)
 
 
-def freeze_what_is_loaded() -> None:
-    """In the console script, freeze the collector once a command's heavy imports (torch,
-    pandas, matplotlib, Hydra) are loaded: they live as long as the process, and the
-    collector's full passes need not walk them again."""
-    if _whole_process:
+@contextlib.contextmanager
+def heavy_imports():
+    """In the console script, a command's heavy imports (torch, pandas, matplotlib, Hydra)
+    with the collector paused, then frozen with what they loaded. What an import makes
+    lives as long as the process: the collector's passes during the imports free next to
+    nothing, and once it is frozen its full passes need not walk it again."""
+    if not _whole_process:
+        yield
+        return
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
         gc.freeze()
+        if enabled:
+            gc.enable()
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -227,8 +239,8 @@ _whole_process = False
 def command() -> int:
     """The ``gradbench`` console script: ``main`` on the command line, then a quick exit.
 
-    The collector is frozen (``gc.freeze``) once ``run`` or ``report`` has made its heavy
-    imports (``freeze_what_is_loaded``), and again on the way out: its passes, during the
+    The collector is paused while ``run`` or ``report`` makes its heavy imports and frozen
+    after them (``heavy_imports``), and frozen again on the way out: its passes, during the
     command and at the interpreter's exit, otherwise walk every object that torch, pandas,
     matplotlib and Hydra made. Nothing of gradbench's waits for the collector at exit
     (records are written, closed and renamed into place before a command returns, and

@@ -11,9 +11,11 @@ job accepts. What a config is before anything is built from it (the schema, wher
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 from dataclasses import dataclass, field, fields
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -121,8 +123,13 @@ def check_settings(cfg: DictConfig) -> None:
         raise ConfigError(f"threads must be at least 1, got {cfg.threads}")
 
 
-def build(cfg: DictConfig, device: torch.device | None = None) -> tuple[Estimator, Objective]:
+def build(
+    cfg: DictConfig, device: torch.device | None = None, built: dict | None = None
+) -> tuple[Estimator, Objective]:
     """Check ``cfg`` and instantiate ``(estimator, objective)`` on ``device``.
+
+    ``built``: the objects built so far, by what each is built from (``_built``), for
+    building many configs only to see that they build (the CLI's check).
 
     Raises:
         ConfigError: with a one-line message naming the bad setting.
@@ -130,9 +137,34 @@ def build(cfg: DictConfig, device: torch.device | None = None) -> tuple[Estimato
     check_settings(cfg)
     if device is None:
         device = resolve_device(cfg.device)
-    objective = _instantiate(cfg.objective, "objective", device=device, dtype=DTYPES[cfg.dtype])
-    estimator = _instantiate(cfg.estimator, "estimator")
+    dtype = DTYPES[cfg.dtype]
+    objective = _built(
+        built, ("objective", cfg.objective, device, dtype),
+        lambda: _instantiate(cfg.objective, "objective", device=device, dtype=dtype),
+    )  # fmt: skip
+    estimator = _built(
+        built, ("estimator", cfg.estimator), lambda: _instantiate(cfg.estimator, "estimator")
+    )
     return estimator, objective
+
+
+def _built(built: dict | None, source: tuple, make):
+    """``make()``, or where ``built`` holds an object made from the same ``source`` (its
+    nodes resolved), that object. Built objects are shared: only for ``build``'s callers
+    that use none of them. A node that does not resolve here is built as it is."""
+    if built is None:
+        return make()
+    try:
+        key = json.dumps(
+            [OmegaConf.to_container(v, resolve=True) if OmegaConf.is_config(v) else str(v)
+             for v in source],
+            sort_keys=True,
+        )  # fmt: skip
+    except Exception:  # e.g. a ${hydra:...} value, outside a job: the job decides
+        return make()
+    if key not in built:
+        built[key] = make()
+    return built[key]
 
 
 def task_settings(cfg: DictConfig) -> MeasureSettings:
@@ -203,13 +235,16 @@ def build_cell(
     *,
     estimator_name: str = "",
     objective_name: str = "",
+    built: dict | None = None,
 ) -> Cell:
     """Everything one sweep cell needs, built from its composed config, or ``ConfigError``.
 
     The CLI's pre-check calls this for every cell before anything runs, and the Hydra job
     calls it again, so a config that passes the check is exactly a config the job accepts.
+    The check passes ``built`` (``build``): cells that differ only in their sizes or task
+    settings share an estimator and objective there, built once.
     """
-    estimator, objective = build(cfg, device)
+    estimator, objective = build(cfg, device, built)
     settings = task_settings(cfg)
     tracked = {}
     if isinstance(settings, TrainSettings):
@@ -220,7 +255,7 @@ def build_cell(
                     f"task.track: unknown estimator {name!r}; choose from: {', '.join(options)}"
                 )
             if name != estimator_name and name not in tracked:
-                tracked[name] = build_estimator(name)
+                tracked[name] = _built(built, ("tracked", name), partial(build_estimator, name))
     return Cell(
         estimator=estimator,
         objective=objective,

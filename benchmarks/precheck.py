@@ -21,6 +21,7 @@ The option table of ``gradbench list`` composes configs too, and lives here as w
 from __future__ import annotations
 
 import functools
+import gc
 import hashlib
 import itertools
 import json
@@ -424,6 +425,7 @@ def check_run(
             else:
                 fixed, axes = sweep_axes(overrides, config_name)
             cache: dict = {}
+            built: dict = {}  # objects shared by the cells' checks (build_cell)
             hashes = {}
             for i, cell in enumerate(cells_to_check(fixed, axes)):
                 if i == 0:
@@ -448,7 +450,7 @@ def check_run(
                 if workers and plan.workers is None:
                     plan.workers = started_workers(first.hydra, plan)
                 cfg = compose_cached(config_name, cell, cache, plan.shared)
-                check_cell(cfg, remote)
+                check_cell(cfg, remote, built)
                 hashes[key] = config_hash(cfg)
             check_writable(plan.output_dir)
         except BaseException as exc:
@@ -582,6 +584,7 @@ def _compose_and_send(send, overrides: list[str], flags: dict[str, str], multiru
     check says what is wrong with a command, and repeats what composing warned)."""
     import cloudpickle  # keeps the classes Hydra's plugin scan imported twice
 
+    gc.enable()  # paused in the command for its imports (benchmarks.cli.heavy_imports)
     devnull = os.open(os.devnull, os.O_WRONLY)
     os.dup2(devnull, 1)
     os.dup2(devnull, 2)
@@ -730,8 +733,9 @@ def runs_elsewhere(hydra_cfg: DictConfig, multirun: bool) -> bool:
     return multirun and (target.endswith(".SlurmLauncher") or "ray_launcher" in target)
 
 
-def check_cell(cfg: DictConfig, remote: bool = False) -> None:
-    """Everything the job will build, built once here (cheap for toys).
+def check_cell(cfg: DictConfig, remote: bool = False, built: dict | None = None) -> None:
+    """Everything the job will build, built once here (cheap for toys); with ``built``,
+    once for all the cells that build the same objects (``build_cell``).
 
     The device is the job's to choose: cells that run elsewhere (``remote``) look for CUDA
     where they run, not on this login node, and a node without CUDA records the cell as
@@ -744,7 +748,7 @@ def check_cell(cfg: DictConfig, remote: bool = False) -> None:
     from benchmarks.config import build_cell
 
     on_cpu = remote or cfg.device == "auto"
-    build_cell(cfg, torch.device("cpu") if on_cpu else None)
+    build_cell(cfg, torch.device("cpu") if on_cpu else None, built=built)
 
 
 def compatibility(config_dir: str | None = None) -> pd.DataFrame:

@@ -326,6 +326,58 @@ def test_a_reader_that_goes_away_ends_the_console_script_quietly():
         assert proc.wait(timeout=120) == 1 and err == b""
 
 
+def test_heavy_imports_pause_the_collector_only_in_the_console_script(monkeypatch):
+    """``run`` and ``report`` import torch, pandas and Hydra with the collector off, then
+    freeze what they loaded and turn it back on, also where the imports fail; inside a
+    longer process (a test session) the collector is left as it is."""
+    import gc
+
+    from benchmarks import cli
+
+    assert gc.isenabled() and gc.get_freeze_count() == 0
+    with cli.heavy_imports():
+        assert gc.isenabled()
+    assert gc.get_freeze_count() == 0
+    monkeypatch.setattr(cli, "_whole_process", True)
+    try:
+        with cli.heavy_imports():
+            assert not gc.isenabled()
+        assert gc.isenabled() and gc.get_freeze_count() > 0
+        gc.unfreeze()
+        with pytest.raises(ImportError), cli.heavy_imports():
+            import benchmarks.no_such_module  # noqa: F401
+        assert gc.isenabled() and gc.get_freeze_count() > 0
+    finally:
+        gc.enable()
+        gc.unfreeze()
+
+
+def test_the_forked_composer_collects_though_the_command_paused_its_collector(monkeypatch):
+    """The composer is forked during the command's imports, collector off; composing a
+    large sweep makes garbage, so it turns the collector back on."""
+    import gc
+
+    from benchmarks import precheck
+
+    sent = []
+
+    class Pipe:
+        def send_bytes(self, data):
+            sent.append(gc.isenabled())
+
+        def close(self):
+            pass
+
+    monkeypatch.setattr(precheck.os, "dup2", lambda *_: None)  # keep this process's output
+    monkeypatch.setattr(precheck, "compose_all", lambda *_: None)
+    gc.disable()
+    try:
+        precheck._compose_and_send(Pipe(), [], {}, False)
+    finally:
+        gc.enable()
+    assert sent == [True]
+
+
 def test_the_console_script_runs_main_and_freezes_the_collector_for_a_quick_exit(monkeypatch):
     """``gradbench`` (pyproject's entry point) is ``console``: ``command``, then
     ``exit_now``. ``command`` gives ``main``'s exit code, with the objects frozen so that

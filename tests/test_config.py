@@ -95,6 +95,35 @@ def test_build_cell_gives_plain_objects_and_typed_task_settings(hydra_conf):
     assert set(cell.tracked) == {"reparam"} and isinstance(cell.tracked["reparam"], Estimator)
 
 
+def test_build_cell_with_built_shares_objects_only_between_equal_sources(hydra_conf):
+    """The check's ``built``: cells that differ only in sizes, seed or task settings get
+    the same estimator and objective; a different objective or estimator node, dtype or
+    estimator is built anew; and each cell's own values are still checked."""
+    from benchmarks.config import build_cell
+
+    built: dict = {}
+
+    def cell(*overrides):
+        return build_cell(compose("config", overrides=list(overrides)), built=built)
+
+    first = cell("n_samples=1")
+    same = cell("n_samples=100", "seed=3", "task.warmup_steps=2")
+    assert same.objective is first.objective and same.estimator is first.estimator
+    assert same.task.n_samples == 100 and first.task.n_samples == 1
+    for other in (["objective.mu=2"], ["dtype=float64"], ["objective=gaussian_cosine"]):
+        assert cell(*other).objective is not first.objective, other
+    assert cell("estimator=reparam").estimator is not first.estimator
+    ema = cell("estimator=reinforce_ema").estimator
+    assert cell("estimator=reinforce_ema", "n_samples=5").estimator is ema
+    assert cell("estimator=reinforce_ema", "estimator.baseline.decay=0.5").estimator is not ema
+    with pytest.raises(ConfigError, match="n_samples must be at least 1"):
+        cell("n_samples=0")
+    with pytest.raises(ConfigError, match="objective.sigma must be > 0"):
+        cell("objective.sigma=-2")
+    # Without ``built`` (the job), every call builds its own.
+    assert build_cell(compose("config")).objective is not first.objective
+
+
 @pytest.mark.parametrize(
     "overrides, message",
     [
