@@ -32,6 +32,8 @@ from benchmarks.settings import MeasureSettings, TrainSettings, VarianceSettings
 from estimators import Estimator
 
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
+# Objects ``build`` keeps for later configs that build the same (``_built``).
+BUILT_KEPT = 16
 DEVICES = ("cpu", "cuda", "auto")
 # The settings each task takes; ``benchmarks.run.TASKS`` names the function that runs it.
 TASK_SETTINGS: dict[str, type[MeasureSettings]] = {
@@ -151,7 +153,8 @@ def build(
 def _built(built: dict | None, source: tuple, make):
     """``make()``, or where ``built`` holds an object made from the same ``source`` (its
     nodes resolved), that object. Built objects are shared: only for ``build``'s callers
-    that use none of them. A node that does not resolve here is built as it is."""
+    that use none of them. A node that does not resolve here is built as it is. ``built``
+    keeps the last ``BUILT_KEPT`` objects: a model objective holds its data."""
     if built is None:
         return make()
     try:
@@ -163,6 +166,8 @@ def _built(built: dict | None, source: tuple, make):
     except Exception:  # e.g. a ${hydra:...} value, outside a job: the job decides
         return make()
     if key not in built:
+        if len(built) >= BUILT_KEPT:
+            del built[next(iter(built))]  # the oldest
         built[key] = make()
     return built[key]
 

@@ -99,7 +99,7 @@ def test_build_cell_with_built_shares_objects_only_between_equal_sources(hydra_c
     """The check's ``built``: cells that differ only in sizes, seed or task settings get
     the same estimator and objective; a different objective or estimator node, dtype or
     estimator is built anew; and each cell's own values are still checked."""
-    from benchmarks.config import build_cell
+    from benchmarks.config import BUILT_KEPT, build_cell
 
     built: dict = {}
 
@@ -122,6 +122,10 @@ def test_build_cell_with_built_shares_objects_only_between_equal_sources(hydra_c
         cell("objective.sigma=-2")
     # Without ``built`` (the job), every call builds its own.
     assert build_cell(compose("config")).objective is not first.objective
+    # Only the last BUILT_KEPT objects are kept: the oldest is built again.
+    for mu in range(BUILT_KEPT):
+        cell(f"objective.mu={mu + 10}")
+    assert len(built) == BUILT_KEPT and cell("n_samples=1").objective is not first.objective
 
 
 @pytest.mark.parametrize(

@@ -201,6 +201,33 @@ def test_progress_is_one_line_on_a_terminal_and_quiet_in_a_log(tmp_path, monkeyp
         assert "cells 4/4: 4 kept, 0 failed" in stream.getvalue()
 
 
+@pytest.mark.parametrize("launcher", ["basic", "joblib"])
+def test_a_sweep_keeps_no_counted_cells_config(tmp_path, monkeypatch, launcher):
+    """What the sweep returns (each cell's status and return value) holds none of the
+    cells' configs, which Hydra's job step put there (the cells run in this process show
+    them as they end)."""
+    from hydra._internal.hydra import Hydra
+
+    returned, stepped = [], []
+    multirun, step = Hydra.multirun, _core.run_job
+
+    def keep(*args, **kwargs):  # what the sweep returns, which Hydra's caller drops
+        returned.extend(r for batch in multirun(*args, **kwargs) for r in batch)
+
+    def run_job(*args):
+        ret = step(*args)
+        stepped.append(ret.cfg is not None and ret.hydra_cfg is not None)
+        return ret
+
+    monkeypatch.setattr(Hydra, "multirun", keep)
+    monkeypatch.setattr(_core, "run_job", run_job)
+    grid = ["estimator=reinforce,reparam", "n_samples=1,3", f"hydra/launcher={launcher}"]
+    assert sweep(tmp_path, *grid) == 0
+    assert [r.return_value for r in returned] == ["ok"] * 4
+    assert all(r.cfg is None and r.hydra_cfg is None for r in returned)
+    assert stepped and all(stepped)
+
+
 def test_under_joblib_progress_moves_as_each_batch_returns(tmp_path, monkeypatch, capsys):
     """Two batches per worker: on a terminal the line is rewritten as each returns (in
     whatever order), and ends with every cell; the records are each cell's, in order."""
@@ -615,6 +642,24 @@ def test_a_workers_launch_state_is_unpickled_once_per_launch():
     assert state == {"launch": 1} and _core.unpickled(bytes(first)) is state
     assert _core.unpickled(second) == {"launch": 2}
     assert _core.unpickled(first) is not state  # the first launch's was let go
+
+
+def test_a_workers_cells_run_from_the_launchs_working_directory(tmp_path, monkeypatch):
+    """A worker started while a cell here was in its own folder (``hydra.job.chdir``)
+    runs its batch from the folder the launch was made in, which travels with its state."""
+    import cloudpickle
+    from hydra.core.singleton import Singleton
+
+    launch, elsewhere = tmp_path / "launch", tmp_path / "a cell's folder"
+    launch.mkdir(), elsewhere.mkdir()
+    seen = []
+    monkeypatch.setattr(_core, "freeze_worker", lambda: None)  # not in a test session
+    monkeypatch.setattr(_core, "launch_batch", lambda *a: seen.append(os.getcwd()) or [])
+    config = OmegaConf.create({"hydra": {"job": {"name": "app"}}})
+    state = (None, config, None, Singleton.get_state(), str(launch))
+    monkeypatch.chdir(elsewhere)
+    assert plugin.execute_cells(3, [], cloudpickle.dumps(state)) == (3, [])
+    assert seen == [str(launch)]
 
 
 def test_a_workers_failure_is_raised_once_the_feed_is_joined():

@@ -21,6 +21,7 @@ of a preset, the command line winning). What it does differently:
 # No ``from __future__ import annotations``: Hydra's plugin scan runs this module before it is
 # in sys.modules, where dataclasses cannot resolve string annotations.
 import logging
+import os
 import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -141,7 +142,8 @@ class BatchedJoblibLauncher(JoblibLauncher):
 
         feed = None
         if jobs > 1 and len(batches) > 1:
-            state = (self.hydra_context, self.config, self.task_function, Singleton.get_state())
+            state = (self.hydra_context, self.config, self.task_function, Singleton.get_state(),
+                     os.getcwd())  # fmt: skip
             feed = self.feed = _core.WorkerFeed(self.joblib, queue, execute_cells,
                                                 cloudpickle.dumps(state), returned,
                                                 self.started)  # fmt: skip
@@ -200,15 +202,21 @@ BATCHED_SUBMITIT = {"LocalLauncher": BatchedLocalLauncher, "SlurmLauncher": Batc
 def execute_cells(position: int, batch: list, payload: bytes):
     """Run a batch of cells in a joblib worker, as Hydra's joblib ``execute_job`` runs one
     (its job id, ``<job name>_<index>``), each through ``_core.run_job``; ``payload`` is the
-    launch's Hydra context, config, task function and Hydra state, pickled (unpickled once
+    launch's Hydra context, config, task function, Hydra state and working directory,
+    pickled (unpickled once
     per worker, ``_core.unpickled``: the cells of its later batches go on from the state
     the earlier ones left, as in a process that runs them all). Returns
     ``(position, returns)``, the batch's place among the launch's batches travelling with
-    its results, which may come back in any order."""
+    its results, which may come back in any order.
+
+    The cells run from the launch's working directory: a worker that loky starts while a
+    cell here is in its own folder (``hydra.job.chdir=true``) starts in that folder."""
     from hydra.core.singleton import Singleton
     from hydra.core.utils import setup_globals
 
-    hydra_context, config, task_function, singleton_state = _core.unpickled(payload)
+    hydra_context, config, task_function, singleton_state, cwd = _core.unpickled(payload)
+    if os.getcwd() != cwd:
+        os.chdir(cwd)
     setup_globals()
     Singleton.set_state(singleton_state)
     _core.freeze_worker()
@@ -298,6 +306,10 @@ class GradbenchSweeper(BasicSweeper):
                     break
                 for r in results:
                     _ = r.return_value  # raises where the job raised, as Hydra's sweeper does
+                    # Hydra's multirun drops what a sweep returns: a counted cell's configs
+                    # kept there would hold thousands of cells' in memory, for the
+                    # collector to walk on every full pass.
+                    r.cfg = r.hydra_cfg = None
                 if not joblib:
                     progress.update(ran=len(results), failed=_core.count_failed(results))
                 returns.append(results)
