@@ -203,11 +203,10 @@ def execute_cells(position: int, batch: list, payload: bytes):
     """Run a batch of cells in a joblib worker, as Hydra's joblib ``execute_job`` runs one
     (its job id, ``<job name>_<index>``), each through ``_core.run_job``; ``payload`` is the
     launch's Hydra context, config, task function, Hydra state and working directory,
-    pickled (unpickled once
-    per worker, ``_core.unpickled``: the cells of its later batches go on from the state
-    the earlier ones left, as in a process that runs them all). Returns
-    ``(position, returns)``, the batch's place among the launch's batches travelling with
-    its results, which may come back in any order.
+    pickled (unpickled once per worker, ``_core.unpickled``: the cells of its later batches
+    go on from the state the earlier ones left, as in a process that runs them all).
+    Returns ``(position, returns)``, the batch's place among the launch's batches
+    travelling with its results, which may come back in any order.
 
     The cells run from the launch's working directory: a worker that loky starts while a
     cell here is in its own folder (``hydra.job.chdir=true``) starts in that folder."""
