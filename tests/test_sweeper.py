@@ -302,21 +302,27 @@ def test_the_pre_checks_compositions_give_the_launcher_the_same_files(tmp_path, 
     assert composed_alone - composed_shared == 4  # one per combination, in the launcher
 
 
-def test_submitit_runs_several_cells_per_task_with_the_same_records(tmp_path):
+def test_submitit_runs_several_cells_per_task_with_the_same_records(tmp_path, monkeypatch):
     """``hydra.sweeper.cells_per_task=3``: 4 cells in 2 submitit tasks, the records of one
-    task per cell (the code path of hydra/launcher=submitit_slurm)."""
+    task per cell (the code path of hydra/launcher=submitit_slurm). On a terminal the
+    progress line moves as each task ends, not once when the launch returns."""
     grid = ["objective=categorical_linear", "estimator=reinforce,reinforce_loo", "n_samples=2,3"]
     frames = {}
     for per_task in (1, 3):
         out = tmp_path / str(per_task)
+        stream = Terminal()
+        monkeypatch.setattr(sys, "stderr", stream)
         code = sweep(out, *grid, "hydra/launcher=submitit_local",
                      f"hydra.sweeper.cells_per_task={per_task}")  # fmt: skip
         assert code == 0
+        moves = [m.group(1) for m in re.finditer(r"gradbench: cells (\d)/4", stream.getvalue())]
+        tasks = 4 if per_task == 1 else 2
+        assert len(moves) == tasks and moves[-1] == "4", stream.getvalue()
         frames[per_task] = pd.concat(
             {p.parent.name: pd.read_parquet(p) for p in sorted(out.glob(f"*/{RECORDS}"))}
         ).drop(columns=["time_per_estimate_s", "measure_time_s", "work_normalized_var"])
-        tasks = {p.name for p in (out / ".submitit").iterdir() if p.name.isdigit()}
-        assert len(tasks) == (4 if per_task == 1 else 2), tasks
+        ran = {p.name for p in (out / ".submitit").iterdir() if p.name.isdigit()}
+        assert len(ran) == tasks, ran
     assert len(frames[1]) == 4 * 3  # a row per logit
     pd.testing.assert_frame_equal(frames[1], frames[3])
 

@@ -55,6 +55,9 @@ CELL_SEP = "\x00"
 # process, which starts at once, or a worker, which starts once it has imported torch)
 # takes another.
 BATCHES_PER_JOB = 8
+# Seconds between looks at which submitit tasks have ended (each task's result file, and
+# on Slurm its state), by executor: on a cluster's shared file system, gently.
+POLL_S = {"local": 1.0, "slurm": 5.0}
 
 
 @dataclass
@@ -162,7 +165,54 @@ class BatchedJoblibLauncher(JoblibLauncher):
         return [ret for batch in runs for ret in batch]
 
 
-class BatchedSubmitit:
+class SubmititProgress:
+    """Hydra's submitit launcher (local or Slurm), moving the sweep's ``progress`` as each
+    task ends, in whatever order: Hydra's launch waits on the tasks' results in the order
+    it submitted them, so its launch returns, and the line would move, only once all have
+    ended. Its executor's ``map_array`` is wrapped for the launch (``counted``); a task
+    that failed ends the waiting there, and Hydra's launch raises it as before."""
+
+    progress = None
+
+    def __getstate__(self) -> dict:  # each task gets the launcher pickled, not the terminal
+        return {k: v for k, v in self.__dict__.items() if k != "progress"}
+
+    def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int):
+        import submitit
+
+        progress = self.progress
+        if progress is None:
+            return super().launch(job_overrides, initial_job_idx)
+        map_array = submitit.AutoExecutor.map_array
+
+        def counted(executor, *args, **kwargs):
+            jobs = map_array(executor, *args, **kwargs)
+            poll = POLL_S.get(self._EXECUTOR, 5.0)
+            for job in submitit.helpers.as_completed(jobs, poll_frequency=poll):
+                try:
+                    returns = job.results()[0]
+                except Exception:  # Hydra's launch raises it, in its order
+                    break
+                returns = returns if isinstance(returns, list) else [returns]
+                progress.update(ran=len(returns), failed=_core.count_failed(returns))
+            return jobs
+
+        submitit.AutoExecutor.map_array = counted
+        try:
+            return super().launch(job_overrides, initial_job_idx)
+        finally:
+            submitit.AutoExecutor.map_array = map_array
+
+
+class ProgressLocalLauncher(SubmititProgress, LocalLauncher):
+    """``hydra/launcher=submitit_local``, one cell per task (``SubmititProgress``)."""
+
+
+class ProgressSlurmLauncher(SubmititProgress, SlurmLauncher):
+    """``hydra/launcher=submitit_slurm``, one cell per task (``SubmititProgress``)."""
+
+
+class BatchedSubmitit(SubmititProgress):
     """Hydra's submitit launcher (local or Slurm), running ``cells_per_task`` cells in
     each task: the cells of a task travel as one override list, joined by ``CELL_SEP``."""
 
@@ -197,6 +247,7 @@ class BatchedSlurmLauncher(BatchedSubmitit, SlurmLauncher):
 
 
 BATCHED_SUBMITIT = {"LocalLauncher": BatchedLocalLauncher, "SlurmLauncher": BatchedSlurmLauncher}
+SUBMITIT = {"LocalLauncher": ProgressLocalLauncher, "SlurmLauncher": ProgressSlurmLauncher}
 
 
 def execute_cells(position: int, batch: list, payload: bytes):
@@ -252,9 +303,13 @@ class GradbenchSweeper(BasicSweeper):
             self.launcher = BatchedJoblibLauncher(**params)
             self.launcher.started = plan.workers if plan is not None else None
             loader.to_workers = True
-        elif target.rsplit(".", 1)[-1] in BATCHED_SUBMITIT and self.cells_per_task > 1:
-            self.launcher = BATCHED_SUBMITIT[target.rsplit(".", 1)[-1]](**params)
-            self.launcher.cells_per_task = self.cells_per_task
+        elif target.rsplit(".", 1)[-1] in SUBMITIT:
+            name = target.rsplit(".", 1)[-1]
+            if self.cells_per_task > 1:
+                self.launcher = BATCHED_SUBMITIT[name](**params)
+                self.launcher.cells_per_task = self.cells_per_task
+            else:
+                self.launcher = SUBMITIT[name](**params)
         else:
             super().setup(hydra_context=context, task_function=task_function, config=config)
             return
@@ -274,7 +329,9 @@ class GradbenchSweeper(BasicSweeper):
         plan = checked or Plan(True, sweep_dir, len(cells))
         progress = _core.Progress(len(cells))
         joblib = isinstance(self.launcher, BatchedJoblibLauncher)
-        if joblib:  # it moves the progress line itself, as each batch returns
+        # They move the progress line themselves, as each batch or task ends.
+        moves = isinstance(self.launcher, (BatchedJoblibLauncher, SubmititProgress))
+        if moves:
             self.launcher.progress = progress
         todo = []
         for idx, cell in enumerate(cells):
@@ -309,7 +366,7 @@ class GradbenchSweeper(BasicSweeper):
                     # kept there would hold thousands of cells' in memory, for the
                     # collector to walk on every full pass.
                     r.cfg = r.hydra_cfg = None
-                if not joblib:
+                if not moves:
                     progress.update(ran=len(results), failed=_core.count_failed(results))
                 returns.append(results)
             ended = True
