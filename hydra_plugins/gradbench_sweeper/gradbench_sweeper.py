@@ -248,6 +248,7 @@ class BatchedSlurmLauncher(BatchedSubmitit, SlurmLauncher):
 
 BATCHED_SUBMITIT = {"LocalLauncher": BatchedLocalLauncher, "SlurmLauncher": BatchedSlurmLauncher}
 SUBMITIT = {"LocalLauncher": ProgressLocalLauncher, "SlurmLauncher": ProgressSlurmLauncher}
+SUBMITIT_MODULE = "hydra_plugins.hydra_submitit_launcher.submitit_launcher."
 
 
 def execute_cells(position: int, batch: list, payload: bytes):
@@ -303,7 +304,7 @@ class GradbenchSweeper(BasicSweeper):
             self.launcher = BatchedJoblibLauncher(**params)
             self.launcher.started = plan.workers if plan is not None else None
             loader.to_workers = True
-        elif target.rsplit(".", 1)[-1] in SUBMITIT:
+        elif target.startswith(SUBMITIT_MODULE) and target.rsplit(".", 1)[-1] in SUBMITIT:
             name = target.rsplit(".", 1)[-1]
             if self.cells_per_task > 1:
                 self.launcher = BATCHED_SUBMITIT[name](**params)
