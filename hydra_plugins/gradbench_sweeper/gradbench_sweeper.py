@@ -187,7 +187,7 @@ class SubmititProgress:
 
         def counted(executor, *args, **kwargs):
             jobs = map_array(executor, *args, **kwargs)
-            poll = POLL_S.get(self._EXECUTOR, 5.0)
+            poll = POLL_S[self._EXECUTOR]
             for job in submitit.helpers.as_completed(jobs, poll_frequency=poll):
                 try:
                     returns = job.results()[0]
@@ -246,9 +246,15 @@ class BatchedSlurmLauncher(BatchedSubmitit, SlurmLauncher):
     """``hydra/launcher=submitit_slurm`` with ``hydra.sweeper.cells_per_task`` > 1."""
 
 
-BATCHED_SUBMITIT = {"LocalLauncher": BatchedLocalLauncher, "SlurmLauncher": BatchedSlurmLauncher}
-SUBMITIT = {"LocalLauncher": ProgressLocalLauncher, "SlurmLauncher": ProgressSlurmLauncher}
-SUBMITIT_MODULE = "hydra_plugins.hydra_submitit_launcher.submitit_launcher."
+# Hydra's submitit launchers, by their ``_target_``: the sweeper's launcher for one cell
+# per task and for ``cells_per_task`` > 1.
+SUBMITIT = {
+    f"{hydras.__module__}.{hydras.__qualname__}": (one, batched)
+    for hydras, one, batched in [
+        (LocalLauncher, ProgressLocalLauncher, BatchedLocalLauncher),
+        (SlurmLauncher, ProgressSlurmLauncher, BatchedSlurmLauncher),
+    ]
+}
 
 
 def execute_cells(position: int, batch: list, payload: bytes):
@@ -304,13 +310,13 @@ class GradbenchSweeper(BasicSweeper):
             self.launcher = BatchedJoblibLauncher(**params)
             self.launcher.started = plan.workers if plan is not None else None
             loader.to_workers = True
-        elif target.startswith(SUBMITIT_MODULE) and target.rsplit(".", 1)[-1] in SUBMITIT:
-            name = target.rsplit(".", 1)[-1]
+        elif target in SUBMITIT:
+            one, batched = SUBMITIT[target]
             if self.cells_per_task > 1:
-                self.launcher = BATCHED_SUBMITIT[name](**params)
+                self.launcher = batched(**params)
                 self.launcher.cells_per_task = self.cells_per_task
             else:
-                self.launcher = SUBMITIT[name](**params)
+                self.launcher = one(**params)
         else:
             super().setup(hydra_context=context, task_function=task_function, config=config)
             return
